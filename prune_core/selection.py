@@ -1,0 +1,340 @@
+"""The one registry of selection methods, the `Selection` result type and `select()`.
+
+A method returns a ranking: the first `budget` examples in pick order. For methods
+whose subsets are nested (greedy runs, score rankings), a ranking computed for the
+largest budget serves every smaller keep ratio by its prefixes (`Selection.prefix`).
+
+Class balance is one explicit policy shared by all methods:
+- ``none``: no class constraint;
+- ``equal``: round-robin over the (noisy-label) classes that still have examples,
+  so kept counts differ by at most one among non-exhausted classes (the official
+  Prune4ReL rule, without its ad-hoc 1.5x break);
+- ``proportional``: at every prefix each class keeps about its share of the data,
+  within one example of budget * n_c / N.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numba
+import numpy as np
+
+from .errors import InputError
+
+BALANCE_KINDS = ("none", "equal", "proportional")
+
+
+@dataclass
+class SelectionInputs:
+    """Warm-up outputs a method may use. Arrays are over the N training examples."""
+
+    n: int
+    probs: np.ndarray | None = None  # (N, C) softmax probabilities
+    embeddings: np.ndarray | None = None  # (N, D) penultimate features
+    labels: np.ndarray | None = None  # (N,) int64 given (noisy) labels
+    graph: object | None = None  # scipy CSR (N, N) similarity graph
+    losses: np.ndarray | None = None  # (N,) per-example CE loss vs the given label
+    forgetting: np.ndarray | None = None  # (N,) forgetting events during warm-up
+    num_classes: int | None = None
+
+
+@dataclass
+class MethodOutput:
+    """What a registered method returns to `select`."""
+
+    indices: np.ndarray  # (budget,) int64, pick order, distinct
+    gains: np.ndarray | None = None  # (budget,) marginal gain of each pick in the method's objective
+    scores: np.ndarray | None = None  # (budget,) the score each pick was ranked by
+    objective: float | None = None
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass
+class Selection:
+    """A ranking of training examples: `indices[:budget]` is the kept subset, in pick order."""
+
+    method: str
+    indices: np.ndarray  # (budget,) int64
+    n: int
+    keep_ratio: float
+    gains: np.ndarray | None
+    scores: np.ndarray | None
+    objective: float | None
+    seconds: float
+    params: dict
+    nested: bool = True
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def budget(self) -> int:
+        return int(self.indices.shape[0])
+
+    @property
+    def mask(self) -> np.ndarray:
+        """(N,) bool, True for kept examples."""
+        m = np.zeros(self.n, dtype=bool)
+        m[self.indices] = True
+        return m
+
+    @property
+    def ranks(self) -> np.ndarray:
+        """(N,) int64: pick position of each kept example, -1 for dropped ones."""
+        r = np.full(self.n, -1, dtype=np.int64)
+        r[self.indices] = np.arange(self.budget)
+        return r
+
+    @property
+    def objective_curve(self) -> np.ndarray | None:
+        """(budget,) objective after each pick (cumulative gains), when gains are known."""
+        return None if self.gains is None else np.cumsum(self.gains)
+
+    def prefix(self, keep_ratio: float) -> "Selection":
+        """The selection at a smaller keep ratio, sliced from this ranking (nested methods only)."""
+        budget = budget_for(keep_ratio, self.n)
+        if budget > self.budget:
+            raise InputError(
+                f"keep ratio {keep_ratio} needs {budget} examples but the ranking has {self.budget}"
+            )
+        if not self.nested:
+            raise InputError(f"method {self.method!r} is not nested: prefixes are not its selections")
+        curve = self.objective_curve
+        return Selection(
+            method=self.method,
+            indices=self.indices[:budget],
+            n=self.n,
+            keep_ratio=float(keep_ratio),
+            gains=None if self.gains is None else self.gains[:budget],
+            scores=None if self.scores is None else self.scores[:budget],
+            objective=None if curve is None else float(curve[budget - 1]),
+            seconds=self.seconds,
+            params=self.params,
+            nested=True,
+            extra=self.extra,
+        )
+
+
+@dataclass(frozen=True)
+class MethodInfo:
+    """A registry entry: how to call a method and what it needs."""
+
+    name: str
+    fn: Callable
+    summary: str
+    needs: tuple[str, ...]
+    nested: bool
+    default_balance: str
+    defaults: dict
+
+
+_METHODS: dict[str, MethodInfo] = {}
+
+
+def register_method(
+    name: str,
+    summary: str,
+    needs: tuple[str, ...] = (),
+    nested: bool = True,
+    default_balance: str = "none",
+    defaults: dict | None = None,
+):
+    """Decorator adding `fn(inputs, budget, seed, progress, cancel, **params) -> MethodOutput`."""
+
+    def wrap(fn):
+        _METHODS[name] = MethodInfo(name, fn, summary, tuple(needs), nested, default_balance, dict(defaults or {}))
+        return fn
+
+    return wrap
+
+
+def _ensure_registered() -> None:
+    # Methods live in their own modules; importing them fills the registry.
+    from . import baselines, prune4rel  # noqa: F401
+
+
+def list_methods() -> list[str]:
+    """Names of all registered selection methods."""
+    _ensure_registered()
+    return list(_METHODS)
+
+
+def get_method(name: str) -> MethodInfo:
+    _ensure_registered()
+    if name not in _METHODS:
+        raise InputError(f"unknown selection method {name!r}; choose one of {', '.join(_METHODS)}")
+    return _METHODS[name]
+
+
+def budget_for(keep_ratio: float, n: int) -> int:
+    """round(keep_ratio * N), at least 1; keep_ratio must be in (0, 1]."""
+    try:
+        r = float(keep_ratio)
+    except (TypeError, ValueError):
+        raise InputError(f"keep ratio must be a number in (0, 1], got {keep_ratio!r}") from None
+    if not (0.0 < r <= 1.0) or math.isnan(r):
+        raise InputError(f"keep ratio must be in (0, 1], got {keep_ratio}")
+    return max(1, int(round(r * n)))
+
+
+def check_balance(balance: str) -> str:
+    if balance not in BALANCE_KINDS:
+        raise InputError(f"unknown class balance {balance!r}; choose one of {', '.join(BALANCE_KINDS)}")
+    return balance
+
+
+@numba.njit(cache=True)
+def _class_target_sequence(class_sizes, budget, proportional):
+    """(budget,) class to pick from at each step, for the equal or proportional policy."""
+    k = class_sizes.shape[0]
+    n = class_sizes.sum()
+    seq = np.empty(budget, dtype=np.int64)
+    counts = np.zeros(k, dtype=np.int64)
+    pointer = 0
+    for t in range(budget):
+        best = -1
+        if proportional:
+            # Largest deficit between the ideal share (t+1) n_c / N and what was taken.
+            best_deficit = -1e300
+            for c in range(k):
+                if counts[c] < class_sizes[c]:
+                    deficit = (t + 1) * class_sizes[c] / n - counts[c]
+                    if deficit > best_deficit + 1e-12:
+                        best_deficit = deficit
+                        best = c
+        else:
+            # Round-robin over classes that still have examples.
+            for step in range(k):
+                c = (pointer + step) % k
+                if counts[c] < class_sizes[c]:
+                    best = c
+                    break
+            pointer = best + 1
+        counts[best] += 1
+        seq[t] = best
+    return seq
+
+
+def class_target_sequence(labels: np.ndarray, budget: int, balance: str, num_classes: int | None = None):
+    """Which class each pick comes from under a balance policy, or None for 'none'.
+
+    labels: (N,) int64 noisy labels. Returns (budget,) int64 class ids or None.
+    """
+    if check_balance(balance) == "none":
+        return None
+    sizes = np.bincount(labels, minlength=num_classes or 0).astype(np.int64)
+    return _class_target_sequence(sizes, int(budget), balance == "proportional")
+
+
+def rank_by_score(score: np.ndarray, budget: int, labels=None, balance: str = "none", descending=True):
+    """Rank examples by a score under a class-balance policy; ties go to the lowest index.
+
+    score: (N,) higher first when descending. Returns (budget,) int64 indices in rank order.
+    """
+    score = np.asarray(score, dtype=np.float64)
+    order = np.lexsort((np.arange(score.size), -score if descending else score))
+    seq = None if labels is None else class_target_sequence(labels, budget, balance)
+    if seq is None:
+        return order[:budget].astype(np.int64)
+    # Per class, its examples in score order; the t-th pick of class c is its t-th best.
+    by_class = labels[order]
+    class_order = np.argsort(by_class, kind="stable")
+    sorted_labels = by_class[class_order]
+    starts = np.searchsorted(sorted_labels, np.arange(sorted_labels.max() + 1))
+    pick_number = np.zeros_like(seq)
+    # Occurrence index of each class within seq (0 for its first pick, 1 for the second ...).
+    pos = np.argsort(seq, kind="stable")
+    seq_sorted = seq[pos]
+    first = np.searchsorted(seq_sorted, seq_sorted)
+    pick_number[pos] = np.arange(seq.size) - first
+    return order[class_order[starts[seq] + pick_number]].astype(np.int64)
+
+
+def _check_inputs(inputs: SelectionInputs, needs: tuple[str, ...], method: str) -> None:
+    """Every required input is present; every given array has N rows and finite values."""
+    for name in needs:
+        if getattr(inputs, name) is None:
+            raise InputError(f"method {method!r} needs {name}, which was not given")
+    for name in ("probs", "embeddings", "labels", "losses", "forgetting"):
+        value = getattr(inputs, name)
+        if value is None:
+            continue
+        arr = np.asarray(value)
+        if arr.shape[0] != inputs.n:
+            raise InputError(f"{name} has {arr.shape[0]} rows but there are {inputs.n} examples")
+        if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+            raise InputError(f"{name} has NaN or infinite values")
+    if inputs.graph is not None and inputs.graph.shape != (inputs.n, inputs.n):
+        raise InputError(f"graph shape {inputs.graph.shape} does not match N={inputs.n}")
+    if inputs.labels is not None:
+        labels = inputs.labels
+        if labels.ndim != 1 or labels.dtype.kind not in "iu":
+            raise InputError("labels must be a 1-D integer array")
+        c = inputs.num_classes
+        if labels.size and (labels.min() < 0 or (c is not None and labels.max() >= c)):
+            raise InputError(f"labels out of range [0, {c})")
+
+
+def select(
+    method: str,
+    keep_ratio: float | None = None,
+    *,
+    budget: int | None = None,
+    probs=None,
+    embeddings=None,
+    labels=None,
+    graph=None,
+    losses=None,
+    forgetting=None,
+    num_classes: int | None = None,
+    seed: int = 0,
+    progress=None,
+    cancel=None,
+    **params,
+) -> Selection:
+    """Run a registered selection method and return its `Selection`.
+
+    Give `keep_ratio` in (0, 1] (budget = round(keep_ratio * N), at least 1) or `budget`.
+    Arrays are over N training examples: probs (N, C), embeddings (N, D), labels (N,),
+    graph CSR (N, N), losses (N,), forgetting (N,). Extra keyword arguments are the
+    method's parameters (e.g. tau, eta, mode, balance, confidence for prune4rel).
+    """
+    info = get_method(method)
+    n = next((len(a) if not hasattr(a, "shape") else a.shape[0]
+              for a in (probs, embeddings, labels, losses, forgetting, graph) if a is not None), None)
+    if n is None:
+        raise InputError("select needs at least one input array (probs, embeddings, labels...)")
+    if budget is None:
+        if keep_ratio is None:
+            raise InputError("give keep_ratio or budget")
+        budget = budget_for(keep_ratio, n)
+    else:
+        if int(budget) != budget or not (1 <= budget <= n):
+            raise InputError(f"budget must be an integer in [1, N={n}], got {budget}")
+        budget = int(budget)
+        keep_ratio = budget / n
+    labels_arr = None if labels is None else np.asarray(labels)
+    if num_classes is None:
+        if probs is not None:
+            num_classes = int(np.asarray(probs).shape[1])
+        elif labels_arr is not None and labels_arr.size and labels_arr.dtype.kind in "iu":
+            num_classes = int(labels_arr.max()) + 1
+    inputs = SelectionInputs(n, probs, embeddings, labels_arr, graph, losses, forgetting, num_classes)
+    _check_inputs(inputs, info.needs, method)
+    merged = {"balance": info.default_balance, **info.defaults, **params}
+    unknown = set(params) - set(info.defaults) - {"balance"}
+    if unknown:
+        raise InputError(f"method {method!r} has no parameter(s) {', '.join(sorted(unknown))}")
+    check_balance(merged["balance"])
+    start = time.perf_counter()
+    out = info.fn(inputs, budget, seed, progress, cancel, **merged)
+    seconds = time.perf_counter() - start
+    indices = np.asarray(out.indices, dtype=np.int64)
+    assert indices.shape == (budget,), (method, indices.shape, budget)
+    return Selection(
+        method=method, indices=indices, n=n, keep_ratio=float(keep_ratio),
+        gains=out.gains, scores=out.scores, objective=out.objective, seconds=seconds,
+        params={"seed": seed, **merged}, nested=info.nested, extra=out.extra,
+    )

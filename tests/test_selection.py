@@ -1,0 +1,174 @@
+"""Prune4ReL selection: agreement with brute force, objective monotone, quotas, seeds."""
+
+import numpy as np
+import pytest
+
+import prune_core as pc
+from prune_core.prune4rel import greedy_neighbourhood_confidence, objective
+from prune_core.reference import brute_force_greedy, dense_official_greedy
+from prune_core.selection import class_target_sequence, rank_by_score
+
+
+def instance(seed, n=None, d=8, tau=0.7):
+    rng = np.random.default_rng(seed)
+    n = n or int(rng.integers(20, 201))
+    z = rng.normal(size=(n, d))
+    probs = rng.dirichlet(np.ones(4) * 0.5, size=n)
+    labels = rng.integers(0, 4, n)
+    g = pc.build_graph(z, k=None, tau=tau, allow_empty=True)
+    return z, probs, labels, g
+
+
+@pytest.mark.parametrize("seed", range(12))
+@pytest.mark.parametrize("mode", ["exact", "official"])
+def test_lazy_greedy_equals_brute_force(seed, mode):
+    z, probs, labels, g = instance(seed)
+    conf = pc.confidence(probs)
+    rng = np.random.default_rng(100 + seed)
+    budget = int(rng.integers(1, len(conf)))
+    eta = float(rng.choice([0.3, 1.0, 3.0]))
+    for balance in ("none", "equal", "proportional"):
+        lab = None if balance == "none" else labels
+        fast, gains, _, _ = greedy_neighbourhood_confidence(g, conf, budget, eta, mode, lab, balance)
+        slow, curve = brute_force_greedy(g.toarray(), conf, budget, eta, mode, lab, balance)
+        np.testing.assert_array_equal(fast, slow)
+        np.testing.assert_allclose(np.cumsum(gains), curve, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_official_mode_equals_dense_official_loop(seed):
+    z, probs, labels, _ = instance(seed, n=150)
+    tau = 0.8
+    g = pc.build_graph(z, k=None, tau=tau, allow_empty=True)
+    conf = pc.confidence(probs)
+    for balance in ("none", "equal"):
+        lab = None if balance == "none" else labels
+        sel = pc.select("prune4rel", budget=60, probs=probs, labels=labels, graph=g,
+                        mode="official", balance=balance)
+        ref = dense_official_greedy(z, conf, 60, tau, 1.0, lab, balance)
+        np.testing.assert_array_equal(sel.indices, ref)
+
+
+def test_objective_never_decreases_and_matches_direct_value():
+    z, probs, labels, g = instance(3, n=200)
+    conf = pc.confidence(probs)
+    for mode in ("exact", "official"):
+        sel = pc.select("prune4rel", keep_ratio=0.6, probs=probs, graph=g, mode=mode)
+        assert (sel.gains >= -1e-12).all()
+        curve = sel.objective_curve
+        assert (np.diff(curve) >= -1e-12).all()
+        assert sel.objective == pytest.approx(objective(g, conf, sel.indices, 1.0), rel=1e-9)
+
+
+def test_exact_objective_at_least_official_on_clustered_data():
+    rng = np.random.default_rng(0)
+    centers = rng.normal(size=(10, 32))
+    z = centers[rng.integers(0, 10, 1500)] + 0.35 * rng.normal(size=(1500, 32))
+    probs = rng.dirichlet(np.ones(10) * 0.3, size=1500)
+    g = pc.build_graph(z, k=30, tau=0.9)
+    for ratio in (0.05, 0.2, 0.5):
+        e = pc.select("prune4rel", keep_ratio=ratio, probs=probs, graph=g, mode="exact")
+        o = pc.select("prune4rel", keep_ratio=ratio, probs=probs, graph=g, mode="official")
+        assert e.objective >= o.objective - 1e-9
+
+
+def test_prefixes_are_selections_for_smaller_ratios():
+    z, probs, labels, g = instance(7, n=180)
+    full = pc.select("prune4rel", keep_ratio=1.0, probs=probs, labels=labels, graph=g, balance="equal")
+    small = pc.select("prune4rel", keep_ratio=0.3, probs=probs, labels=labels, graph=g, balance="equal")
+    np.testing.assert_array_equal(full.prefix(0.3).indices, small.indices)
+    assert full.prefix(0.3).objective == pytest.approx(small.objective)
+    assert np.unique(full.indices).size == 180
+
+
+@pytest.mark.parametrize("balance", ["equal", "proportional"])
+def test_balance_quotas_hold_at_every_prefix(balance):
+    rng = np.random.default_rng(1)
+    labels = np.repeat(np.arange(5), [300, 120, 40, 25, 15])
+    rng.shuffle(labels)
+    n = labels.size
+    seq = class_target_sequence(labels, n, balance)
+    sizes = np.bincount(labels)
+    counts = np.zeros(5, int)
+    for b, c in enumerate(seq, start=1):
+        counts[c] += 1
+        assert (counts <= sizes).all()
+        if balance == "proportional":
+            assert np.abs(counts - b * sizes / n).max() < 1.0 + 1e-9
+        else:
+            open_ = counts < sizes
+            if open_.any():
+                # open classes differ by at most one; exhausted classes are fully taken
+                assert counts[open_].max() - counts[open_].min() <= 1
+                assert (counts[~open_] == sizes[~open_]).all()
+                assert counts[open_].min() >= counts[~open_].max() - 1 if (~open_).any() else True
+
+
+def test_rank_by_score_respects_class_order_and_scores():
+    rng = np.random.default_rng(2)
+    labels = rng.integers(0, 3, 90)
+    score = rng.normal(size=90)
+    ranked = rank_by_score(score, 30, labels, "equal")
+    assert np.bincount(labels[ranked], minlength=3).tolist() == [10, 10, 10]
+    for c in range(3):
+        members = ranked[labels[ranked] == c]
+        assert (np.diff(score[members]) <= 0).all()
+        best = np.sort(score[labels == c])[::-1][:10]
+        np.testing.assert_allclose(score[members], best)
+
+
+def test_same_seed_same_selection_and_uniform_seeds_differ():
+    z, probs, labels, g = instance(9, n=200)
+    a = pc.select("prune4rel", keep_ratio=0.4, probs=probs, graph=g, seed=1)
+    b = pc.select("prune4rel", keep_ratio=0.4, probs=probs, graph=g, seed=1)
+    np.testing.assert_array_equal(a.indices, b.indices)
+    u1 = pc.select("uniform", keep_ratio=0.4, labels=labels, seed=1)
+    u2 = pc.select("uniform", keep_ratio=0.4, labels=labels, seed=1)
+    u3 = pc.select("uniform", keep_ratio=0.4, labels=labels, seed=2)
+    np.testing.assert_array_equal(u1.indices, u2.indices)
+    assert not np.array_equal(u1.indices, u3.indices)
+
+
+def test_select_builds_graph_from_embeddings_when_missing():
+    z, probs, labels, _ = instance(4, n=200)
+    sel = pc.select("prune4rel", keep_ratio=0.25, probs=probs, embeddings=z, tau=0.7, k=20)
+    assert sel.budget == 50
+    assert sel.extra["graph"]["tau"] == pytest.approx(0.7)
+
+
+def test_registry_lists_prune4rel_and_uniform():
+    names = pc.list_methods()
+    assert "prune4rel" in names and "uniform" in names
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(keep_ratio=0.0), "keep ratio must be in"),
+        (dict(keep_ratio=1.5), "keep ratio must be in"),
+        (dict(keep_ratio=-0.1), "keep ratio must be in"),
+        (dict(keep_ratio=0.5, mode="fast"), "unknown prune4rel mode"),
+        (dict(keep_ratio=0.5, balance="fair"), "unknown class balance"),
+        (dict(keep_ratio=0.5, confidence="vibes"), "unknown confidence"),
+        (dict(keep_ratio=0.5, eta=0.0), "eta must be positive"),
+        (dict(keep_ratio=0.5, colour="red"), "no parameter"),
+    ],
+)
+def test_bad_selection_arguments(kwargs, message):
+    z, probs, labels, g = instance(0, n=50)
+    with pytest.raises(pc.InputError, match=message):
+        pc.select("prune4rel", probs=probs, graph=g, labels=labels, **kwargs)
+
+
+def test_unknown_method_and_bad_arrays():
+    z, probs, labels, g = instance(0, n=50)
+    with pytest.raises(pc.InputError, match="unknown selection method"):
+        pc.select("magic", keep_ratio=0.5, probs=probs)
+    bad = probs.copy()
+    bad[0, 0] = np.nan
+    with pytest.raises(pc.InputError, match="NaN"):
+        pc.select("prune4rel", keep_ratio=0.5, probs=bad, graph=g)
+    with pytest.raises(pc.InputError, match="rows"):
+        pc.select("prune4rel", keep_ratio=0.5, probs=probs, labels=labels[:10], graph=g)
+    with pytest.raises(pc.InputError, match="out of range"):
+        pc.select("prune4rel", keep_ratio=0.5, probs=probs, labels=labels + 10, graph=g, balance="equal")
