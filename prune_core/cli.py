@@ -1,0 +1,182 @@
+"""Command line: `python -m prune_core run|sweep|methods`.
+
+User errors end with exit code 2 and one line on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .errors import Cancelled, InputError
+
+EXIT_USAGE = 2
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse that reports a usage error as one line and exit code 2."""
+
+    def error(self, message):
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def _tau(text: str):
+    return text if text.strip().lower() == "auto" else float(text)
+
+
+def _float_list(text: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+    if not values:
+        raise argparse.ArgumentTypeError("the list is empty")
+    return values
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values:
+        raise argparse.ArgumentTypeError("the list is empty")
+    return values
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", default="digits",
+                   help="digits | npz:PATH | torchvision:NAME:ROOT | imagefolder:PATH (default digits)")
+    p.add_argument("--noise", default="sym:0.4",
+                   help="none | sym:RATE | asym:RATE[:MAP] | labels:PATH[#KEY] (default sym:0.4)")
+    p.add_argument("--download", action="store_true", help="let torchvision sources download when missing")
+    p.add_argument("--device", default="auto", help="auto (cuda, mps, cpu) | cpu | cuda | mps")
+    p.add_argument("--model", default="auto", help="auto | mlp | small_cnn | resnet18 | preact_resnet18")
+    p.add_argument("--warmup-epochs", type=int, default=None, help="warm-up epochs (default per model)")
+    p.add_argument("--lr", type=float, default=None, help="warm-up learning rate (default per model)")
+    p.add_argument("--batch-size", type=int, default=None, help="warm-up batch size (default per model)")
+    p.add_argument("--embed-pass", default="eval", choices=["eval", "strong"],
+                   help="embeddings from a deterministic eval pass (default) or the official strong-augmentation pass")
+    p.add_argument("--k", type=int, default=None, help="neighbours per example in the kNN graph (default 50)")
+    p.add_argument("--tau", type=_tau, default="auto",
+                   help="similarity threshold on 0.5+0.5cos (the paper: 0.975 for 10 classes), or 'auto': "
+                        "the median example keeps 10 neighbours (default auto)")
+    p.add_argument("--search", default="auto", help="kNN search: auto | exact | ivf | hnsw")
+    p.add_argument("--pca-dim", type=int, default=None, help="optional PCA reduction before the kNN search")
+    p.add_argument("--mode", default="exact", help="prune4rel mode: exact (true marginal gain) | official")
+    p.add_argument("--eta", type=float, default=1.0, help="prune4rel tanh temperature (default 1)")
+    p.add_argument("--balance", default="none", help="class balance: none | equal | proportional")
+    p.add_argument("--confidence", default="maxprob", help="maxprob | margin | entropy")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(prog="python -m prune_core",
+                           description="Robust data pruning under label noise (Prune4ReL).")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
+
+    run = sub.add_parser("run", help="warm up, build the graph, select one subset, write three files")
+    _add_common(run)
+    run.add_argument("--method", default="prune4rel", help="selection method (see `methods`)")
+    run.add_argument("--keep-ratio", type=float, required=True, help="fraction of the training set kept, in (0, 1]")
+    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--out", required=True, help="output folder for selection.csv, manifest.json, metrics.json")
+    run.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+
+    sweep = sub.add_parser("sweep", help="methods x keep ratios x seeds, each trained with a re-labeling learner")
+    _add_common(sweep)
+    sweep.add_argument("--methods", default="prune4rel,uniform", help="comma-separated method names")
+    sweep.add_argument("--ratios", type=_float_list, default=[0.2, 0.4, 0.6, 0.8])
+    sweep.add_argument("--seeds", type=_int_list, default=[0])
+    sweep.add_argument("--learner", default="sop", help="ce | sop | dividemix | none")
+    sweep.add_argument("--learner-epochs", type=int, default=None)
+    sweep.add_argument("--learner-input", default="auto", help="auto | embeddings | images")
+    sweep.add_argument("--out", required=True)
+    sweep.add_argument("--quiet", action="store_true")
+
+    sub.add_parser("methods", help="list the registered selection methods and learners")
+    return parser
+
+
+def _progress_printer(quiet: bool):
+    last = {}
+
+    def show(stage, fraction, message, metrics):
+        if quiet:
+            return
+        step = int(fraction * 10)
+        if last.get(stage) == step and fraction < 1.0:
+            return
+        last[stage] = step
+        print(f"[{stage}] {fraction:4.0%} {message}", file=sys.stderr, flush=True)
+
+    return show
+
+
+def _config_from_args(args, **extra):
+    from .pipeline import RunConfig
+
+    return RunConfig(
+        data=args.data, noise=args.noise, device=args.device, download=args.download, model=args.model,
+        warmup_epochs=args.warmup_epochs, lr=args.lr, batch_size=args.batch_size, embed_pass=args.embed_pass,
+        k=args.k, tau=args.tau, search=args.search, pca_dim=args.pca_dim, mode=args.mode, eta=args.eta,
+        balance=args.balance, confidence=args.confidence, **extra,
+    )
+
+
+def cmd_run(args) -> int:
+    from .pipeline import run_pipeline, write_run_outputs
+
+    config = _config_from_args(args, method=args.method, keep_ratio=args.keep_ratio, seed=args.seed)
+    from .selection import budget_for
+
+    budget_for(args.keep_ratio, 2)  # reject an impossible ratio before any training
+    result = run_pipeline(config, progress=_progress_printer(args.quiet))
+    paths = write_run_outputs(result, args.out)
+    m = result.metrics
+    summary = {
+        "method": m["method"], "N": m["N"], "budget": m["budget"], "keep_ratio": m["keep_ratio"],
+        "noise_rate_data": m["noise_rate_data"], "noise_rate_subset": m["noise_rate_subset"],
+        "objective_F": m.get("objective_F"), "seconds": m["seconds"],
+        "files": [str(p) for p in paths.values()],
+    }
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def cmd_sweep(args) -> int:
+    from .sweep import run_sweep_cli
+
+    return run_sweep_cli(args, _config_from_args, _progress_printer(args.quiet))
+
+
+def cmd_methods(args) -> int:
+    from .selection import get_method, list_methods
+
+    for name in list_methods():
+        print(f"{name:18s} {get_method(name).summary}")
+    try:
+        from .learners import get_learner, list_learners
+    except ImportError:
+        return 0
+    print()
+    for name in list_learners():
+        print(f"{name:18s} {get_learner(name).summary}")
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handlers = {"run": cmd_run, "sweep": cmd_sweep, "methods": cmd_methods}
+    try:
+        return handlers[args.command](args)
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except Cancelled:
+        print("error: cancelled", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,245 @@
+"""One run, end to end: load, noise, warm-up, graph, select, metrics, output files.
+
+Used by the CLI (`python -m prune_core run`) and by the app's background jobs.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import io
+import json
+import os
+import platform
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import InputError, check_cancel
+from .graph import build_graph
+from .metrics import selection_metrics
+from .scores import confidence as confidence_of
+from .selection import get_method, select
+
+STAGES = ("load", "noise", "warmup", "graph", "select", "metrics")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that determines a run's result (serialised into the manifest)."""
+
+    data: str = "digits"
+    noise: str = "sym:0.4"
+    method: str = "prune4rel"
+    keep_ratio: float = 0.5
+    seed: int = 0
+    device: str = "auto"
+    download: bool = False
+    # warm-up
+    model: str = "auto"
+    warmup_epochs: int | None = None
+    lr: float | None = None
+    batch_size: int | None = None
+    embed_pass: str = "eval"
+    # graph
+    k: int | None = None  # None: 50, or N-1 on tiny data; an explicit k > N-1 is an error
+    tau: float | str = "auto"
+    search: str = "auto"
+    pca_dim: int | None = None
+    # prune4rel
+    mode: str = "exact"
+    eta: float = 1.0
+    balance: str = "none"
+    confidence: str = "maxprob"
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def method_params(self) -> dict:
+        """The config fields the chosen method takes (checked against the registry)."""
+        info = get_method(self.method)
+        params = {"balance": self.balance}
+        for name in info.defaults:
+            if name in ("k",):
+                continue  # the pipeline builds the graph itself
+            if hasattr(self, name):
+                params[name] = getattr(self, name)
+        return params
+
+
+@dataclass
+class RunResult:
+    """All intermediate results of a run (arrays over the N training examples)."""
+
+    config: RunConfig
+    dataset: object
+    noisy: object
+    warmup: object
+    graph: object
+    graph_info: object
+    confidence: np.ndarray  # (N,)
+    selection: object
+    metrics: dict
+    timings: dict = field(default_factory=dict)
+
+
+def _hash_array(a: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()[:16]
+
+
+def run_pipeline(config: RunConfig, progress=None, cancel=None) -> RunResult:
+    """Run every stage for `config`. progress(stage, fraction, message) is called along the way."""
+    from .data import load_dataset
+    from .noise import apply_noise
+    from .warmup import warmup
+
+    def report(stage):
+        def inner(fraction, message="", metrics=None):
+            if progress:
+                progress(stage, fraction, message, metrics or {})
+        return inner
+
+    get_method(config.method)  # fail fast on an unknown method, before any training
+    timings = {}
+    t = time.perf_counter()
+    report("load")(0.0, f"loading {config.data}")
+    ds = load_dataset(config.data, download=config.download)
+    timings["load"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    noisy = apply_noise(ds, config.noise, seed=config.seed)
+    timings["noise"] = time.perf_counter() - t
+    check_cancel(cancel)
+
+    t = time.perf_counter()
+    wu = warmup(ds, noisy.y_noisy, epochs=config.warmup_epochs, model=config.model, lr=config.lr,
+                batch_size=config.batch_size, device=config.device, seed=config.seed,
+                progress=report("warmup"), cancel=cancel, embed_pass=config.embed_pass)
+    timings["warmup"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    report("graph")(0.0, "building the neighbour graph")
+    graph, ginfo = build_graph(wu.embeddings, k=config.k or min(50, ds.n_train - 1), tau=config.tau,
+                               search=config.search, pca_dim=config.pca_dim, seed=config.seed,
+                               return_info=True, progress=report("graph"), cancel=cancel)
+    timings["graph"] = time.perf_counter() - t
+
+    conf = confidence_of(wu.probs, config.confidence)
+    t = time.perf_counter()
+    sel = select(config.method, keep_ratio=config.keep_ratio, probs=wu.probs, embeddings=wu.embeddings,
+                 labels=noisy.y_noisy, graph=graph, losses=wu.losses, forgetting=wu.forgetting,
+                 num_classes=ds.num_classes, seed=config.seed, progress=report("select"),
+                 cancel=cancel, **config.method_params())
+    timings["select"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    metrics = selection_metrics(sel, noisy.y_noisy, noisy.y_clean, ds.num_classes, graph, conf, config.eta)
+    metrics.update(
+        noise_spec=noisy.spec,
+        warmup_test_acc=wu.test_acc,
+        warmup_device=wu.device,
+        graph=ginfo.to_dict(),
+    )
+    timings["metrics"] = time.perf_counter() - t
+    metrics["seconds"] = {k: round(v, 4) for k, v in timings.items()}
+    return RunResult(config, ds, noisy, wu, graph, ginfo, conf, sel, metrics, timings)
+
+
+def _library_versions() -> dict:
+    import faiss
+    import numba
+    import scipy
+    import sklearn
+    import torch
+
+    from . import __version__
+
+    return {
+        "prune_core": __version__, "python": platform.python_version(), "numpy": np.__version__,
+        "scipy": scipy.__version__, "scikit-learn": sklearn.__version__, "torch": torch.__version__,
+        "faiss": faiss.__version__, "numba": numba.__version__,
+    }
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write to a temporary file in the same folder, then rename: never a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_json(path: Path, obj) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, default=_json_default) + "\n").encode())
+
+
+def _json_default(o):
+    if isinstance(o, np.integer):
+        return int(o)
+    if isinstance(o, np.floating):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(f"not JSON serialisable: {type(o)}")
+
+
+def selection_csv(result: RunResult) -> bytes:
+    """CSV with one row per training example: index,rank,selected,given_label,clean_label,confidence."""
+    sel = result.selection
+    ranks = sel.ranks
+    y = result.noisy.y_noisy
+    clean = result.noisy.y_clean
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["index", "rank", "selected", "given_label", "clean_label", "confidence"])
+    for i in range(sel.n):
+        w.writerow([i, int(ranks[i]), int(ranks[i] >= 0), int(y[i]),
+                    "" if clean is None else int(clean[i]), f"{result.confidence[i]:.6f}"])
+    return buf.getvalue().encode()
+
+
+def manifest(result: RunResult) -> dict:
+    from .data import dataset_fingerprint
+
+    return {
+        "config": result.config.to_dict(),
+        "seed": result.config.seed,
+        "versions": _library_versions(),
+        "dataset": {**result.dataset.summary(), "fingerprint": dataset_fingerprint(result.dataset)},
+        "noise": {"spec": result.noisy.spec, "noise_rate": result.noisy.noise_rate},
+        "warmup": {"device": result.warmup.device, "model": result.warmup.model_name,
+                   "epochs": result.warmup.epochs, "test_acc": result.warmup.test_acc,
+                   "config": result.warmup.config},
+        "embedding_hash": _hash_array(result.warmup.embeddings),
+        "probs_hash": _hash_array(result.warmup.probs),
+        "selection_hash": _hash_array(result.selection.indices),
+        "graph": result.graph_info.to_dict(),
+        "selection_params": result.selection.params,
+        "timings_seconds": {k: round(v, 4) for k, v in result.timings.items()},
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def write_run_outputs(result: RunResult, out_dir) -> dict[str, Path]:
+    """Write selection.csv, manifest.json and metrics.json (each atomically) into out_dir."""
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise InputError(f"cannot create output folder {out}: {e.strerror}") from None
+    paths = {"selection": out / "selection.csv", "manifest": out / "manifest.json", "metrics": out / "metrics.json"}
+    atomic_write_bytes(paths["selection"], selection_csv(result))
+    atomic_write_json(paths["manifest"], manifest(result))
+    atomic_write_json(paths["metrics"], result.metrics)
+    return paths
