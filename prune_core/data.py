@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+import zipfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -353,6 +354,8 @@ def _require_file(path: str) -> Path:
 
 def _load_npz(spec: str, path: str, test_fraction: float, seed: int) -> Dataset:
     p = _require_file(path)
+    if not zipfile.is_zipfile(p):
+        raise InputError(f"{path}: not a readable .npz file (not a zip archive)")
     try:
         with np.load(p, allow_pickle=False) as z:
             keys = set(z.files)
@@ -363,7 +366,7 @@ def _load_npz(spec: str, path: str, test_fraction: float, seed: int) -> Dataset:
     except InputError:
         raise
     except ValueError as e:  # object arrays need pickle, which we refuse
-        raise InputError(f"{path}: cannot read without pickle (store plain arrays, strings as str): {e}") from None
+        raise InputError(f"{path}: holds pickled Python objects, which are refused; store plain numeric/str arrays") from None
     except Exception as e:  # not a zip / corrupt file
         raise InputError(f"{path}: not a readable .npz file ({type(e).__name__}: {e})") from None
 

@@ -21,8 +21,11 @@ so a swap pair (5>6,6>5) never flips an example twice. All randomness comes from
 from __future__ import annotations
 
 import csv
+import importlib
 import math
+import pickle
 import warnings
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -282,23 +285,56 @@ def default_asym_map(ds) -> str:
 def _numpy_safe_globals() -> list:
     """What unpickling plain numpy arrays needs, under numpy 2 and numpy 1 module paths."""
     try:
-        from numpy._core import multiarray
+        from numpy._core import multiarray, numeric
     except ImportError:  # numpy 1.x
-        from numpy.core import multiarray
+        from numpy.core import multiarray, numeric
     safe = [np.ndarray, np.dtype]
-    for fn in (multiarray._reconstruct, multiarray.scalar):
+    for sub, fn in (("multiarray", multiarray._reconstruct), ("multiarray", multiarray.scalar), ("numeric", numeric._frombuffer)):
         safe.append(fn)
-        for module in ("numpy.core.multiarray", "numpy._core.multiarray"):
-            safe.append((fn, f"{module}.{fn.__name__}"))
+        for package in ("numpy.core", "numpy._core"):  # files written under numpy 1 or 2
+            safe.append((fn, f"{package}.{sub}.{fn.__name__}"))
     safe += [getattr(np.dtypes, n) for n in dir(np.dtypes) if n.endswith("DType")]
     return safe
 
 
-def _load_torch_file(path: Path):
-    """torch.load with weights_only=True: tensors, containers and plain numpy arrays only.
+class _NumpyOnlyUnpickler(pickle.Unpickler):
+    """Unpickles containers of plain numpy arrays; refuses every other global (os.system...)."""
 
-    Any other global (e.g. os.system in a crafted pickle) is refused by torch's restricted
-    unpickler, so reading a label file never runs code from it.
+    ALLOWED = {
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "scalar"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.numeric", "_frombuffer"),  # protocol 5 arrays
+        ("numpy.core.numeric", "_frombuffer"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("_codecs", "encode"),  # protocol-2 pickles rebuild bytes with it
+    }
+
+    def find_class(self, module, name):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"global {module}.{name} is not allowed")
+        if module == "numpy":
+            return getattr(np, name)
+        if module == "_codecs":
+            import _codecs
+
+            return _codecs.encode
+        # numpy 1 says numpy.core, numpy 2 numpy._core: use whichever is installed.
+        submodule = module.rsplit(".", 1)[1]
+        try:
+            return getattr(importlib.import_module(f"numpy._core.{submodule}"), name)
+        except ImportError:
+            return getattr(importlib.import_module(f"numpy.core.{submodule}"), name)
+
+
+def _load_torch_file(path: Path):
+    """Load a .pt/.pth label file without running code from it.
+
+    torch.save files (zip or legacy format) go through torch.load(weights_only=True) with only
+    numpy's array-rebuilding globals added; plain pickles through `_NumpyOnlyUnpickler`. Any
+    other global (e.g. os.system in a crafted pickle) is refused with InputError.
     """
     import torch
 
@@ -309,8 +345,18 @@ def _load_torch_file(path: Path):
                 return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         lines = [ln for ln in str(e).splitlines() if "Unsupported" in ln or "blocked" in ln]
-        why = lines[0].strip() if lines else type(e).__name__
-        raise InputError(f"{path}: refused or unreadable as a label file (only tensors/numpy arrays are allowed; {why})") from None
+        torch_why = lines[0].strip() if lines else type(e).__name__
+        if zipfile.is_zipfile(path):  # a torch.save file: its refusal is the answer
+            raise InputError(
+                f"{path}: refused or unreadable as a label file (only tensors/numpy arrays are allowed; {torch_why})"
+            ) from None
+    try:
+        with open(path, "rb") as f:
+            return _NumpyOnlyUnpickler(f).load()
+    except Exception as e:
+        raise InputError(
+            f"{path}: refused or unreadable as a label file (only tensors/numpy arrays are allowed; {e})"
+        ) from None
 
 
 def _pick_key(obj, key: str | None, path: Path) -> object:
