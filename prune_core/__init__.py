@@ -12,29 +12,19 @@ Flat public API (DESIGN 4.4)::
     pc.list_methods()
 """
 
+from .data import Dataset, load_dataset
 from .errors import Cancelled, InputError
 from .graph import build_graph
+from .noise import apply_noise, inject_noise, parse_noise_spec
 from .scores import confidence
 from .selection import Selection, list_methods, select
+
+# Bound after `.data`/`.noise` so the name `warmup` is the function, not the submodule.
+from .warmup import WarmupResult, warmup  # noqa: E402
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Cancelled", "InputError", "Selection", "build_graph", "confidence", "list_methods", "select",
-    "load_dataset", "inject_noise", "apply_noise", "warmup",
+    "Cancelled", "Dataset", "InputError", "Selection", "WarmupResult", "apply_noise", "build_graph",
+    "confidence", "inject_noise", "list_methods", "load_dataset", "parse_noise_spec", "select", "warmup",
 ]
-
-
-def __getattr__(name):
-    # Data, noise and warm-up import torch/torchvision: load them on first use only,
-    # so `import prune_core` stays fast for the selection-only paths.
-    if name in ("load_dataset", "Dataset"):
-        from . import data
-        return getattr(data, name)
-    if name in ("inject_noise", "apply_noise", "parse_noise_spec"):
-        from . import noise
-        return getattr(noise, name)
-    if name in ("warmup", "WarmupResult"):
-        from . import warmup as warmup_module
-        return getattr(warmup_module, name)
-    raise AttributeError(f"module 'prune_core' has no attribute {name!r}")

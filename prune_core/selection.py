@@ -152,7 +152,7 @@ def register_method(
 
 def _ensure_registered() -> None:
     # Methods live in their own modules; importing them fills the registry.
-    from . import baselines, prune4rel  # noqa: F401
+    from . import prune4rel, baselines  # noqa: F401  (prune4rel first: it leads the lists)
 
 
 def list_methods() -> list[str]:
@@ -234,6 +234,8 @@ def rank_by_score(score: np.ndarray, budget: int, labels=None, balance: str = "n
     score: (N,) higher first when descending. Returns (budget,) int64 indices in rank order.
     """
     score = np.asarray(score, dtype=np.float64)
+    if labels is None and check_balance(balance) != "none":
+        raise InputError(f"class balance {balance!r} needs labels")
     order = np.lexsort((np.arange(score.size), -score if descending else score))
     seq = None if labels is None else class_target_sequence(labels, budget, balance)
     if seq is None:
