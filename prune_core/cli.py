@@ -25,24 +25,19 @@ def _tau(text: str):
     return text if text.strip().lower() == "auto" else float(text)
 
 
-def _float_list(text: str) -> list[float]:
-    try:
-        values = [float(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
-    if not values:
-        raise argparse.ArgumentTypeError("the list is empty")
-    return values
+def _number_list(cast):
+    """argparse type: a non-empty comma-separated list of `cast` values."""
 
+    def parse(text: str) -> list:
+        try:
+            values = [cast(v) for v in text.split(",") if v.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated {cast.__name__}s, got {text!r}") from None
+        if not values:
+            raise argparse.ArgumentTypeError("the list is empty")
+        return values
 
-def _int_list(text: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if not values:
-        raise argparse.ArgumentTypeError("the list is empty")
-    return values
+    return parse
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -86,8 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     sweep = sub.add_parser("sweep", help="methods x keep ratios x seeds, each trained with a re-labeling learner")
     _add_common(sweep)
     sweep.add_argument("--methods", default="prune4rel,uniform", help="comma-separated method names")
-    sweep.add_argument("--ratios", type=_float_list, default=[0.2, 0.4, 0.6, 0.8])
-    sweep.add_argument("--seeds", type=_int_list, default=[0])
+    sweep.add_argument("--ratios", type=_number_list(float), default=[0.2, 0.4, 0.6, 0.8])
+    sweep.add_argument("--seeds", type=_number_list(int), default=[0])
     sweep.add_argument("--learner", default="sop", help="ce | sop | dividemix | none")
     sweep.add_argument("--learner-epochs", type=int, default=None)
     sweep.add_argument("--learner-input", default="auto", help="auto | embeddings | images")

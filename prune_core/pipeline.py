@@ -5,10 +5,8 @@ Used by the CLI (`python -m prune_core run`) and by the app's background jobs.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import hashlib
-import io
 import json
 import os
 import platform
@@ -194,19 +192,25 @@ def _json_default(o):
     raise TypeError(f"not JSON serialisable: {type(o)}")
 
 
-def selection_csv(result: RunResult) -> bytes:
-    """CSV with one row per training example: index,rank,selected,given_label,clean_label,confidence."""
-    sel = result.selection
-    ranks = sel.ranks
-    y = result.noisy.y_noisy
+def selection_table(result: RunResult):
+    """DataFrame with one row per training example: index, rank (-1 dropped), selected, labels, confidence."""
+    import pandas as pd
+
+    ranks = result.selection.ranks
     clean = result.noisy.y_clean
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["index", "rank", "selected", "given_label", "clean_label", "confidence"])
-    for i in range(sel.n):
-        w.writerow([i, int(ranks[i]), int(ranks[i] >= 0), int(y[i]),
-                    "" if clean is None else int(clean[i]), f"{result.confidence[i]:.6f}"])
-    return buf.getvalue().encode()
+    return pd.DataFrame({
+        "index": np.arange(result.selection.n),
+        "rank": ranks,
+        "selected": (ranks >= 0).astype(np.int8),
+        "given_label": result.noisy.y_noisy,
+        "clean_label": pd.array(clean, dtype="Int64") if clean is not None else pd.array([pd.NA] * ranks.size, dtype="Int64"),
+        "confidence": np.round(result.confidence, 6),
+    })
+
+
+def selection_csv(result: RunResult) -> bytes:
+    """selection.csv bytes (see `selection_table`); clean_label is empty without ground truth."""
+    return selection_table(result).to_csv(index=False, lineterminator="\n").encode()
 
 
 def manifest(result: RunResult) -> dict:
