@@ -125,15 +125,50 @@ def initial_gains(indptr, indices, weights, conf, inv_eta, exact):
 
 
 @numba.njit(cache=True)
+def _edge_factors(indptr, weights, conf, inv_eta):
+    """Per stored entry (x, v): exp(-2 d) and -expm1(-2 d) for d = w(v, x) conf_x / eta.
+
+    They do not change during the selection, so the exact gain's inner loop needs no
+    transcendental function: with e = exp(-2 C_v / eta) kept per example, the tanh
+    increase is 2 e m / ((1 + e ed) (1 + e)), the same expression (and the same floating
+    point operations) as `tanh_increase`.
+    """
+    n = indptr.shape[0] - 1
+    ed = np.empty(weights.shape[0], dtype=np.float64)
+    m1 = np.empty(weights.shape[0], dtype=np.float64)
+    for x in range(n):
+        cx = conf[x]
+        for j in range(indptr[x], indptr[x + 1]):
+            delta = weights[j] * cx * inv_eta
+            ed[j] = np.exp(-2.0 * delta)
+            m1[j] = -np.expm1(-2.0 * delta)
+    return ed, m1
+
+
+@numba.njit(cache=True)
+def _exact_gain_fast(x, indptr, indices, ed, m1, ebase):
+    """`_exact_gain` from the precomputed factors (bit-identical result)."""
+    total = 0.0
+    for j in range(indptr[x], indptr[x + 1]):
+        e_base = ebase[indices[j]]
+        total += 2.0 * e_base * m1[j] / ((1.0 + e_base * ed[j]) * (1.0 + e_base))
+    return total
+
+
+@numba.njit(cache=True)
 def _greedy_steps(t_start, t_end, class_seq, indptr, indices, weights, conf, inv_eta, exact,
-                  hg, hi, off, size, cover, picks, gains, scores):
-    """Run greedy picks t_start..t_end-1 in place (state: heaps, cover C, outputs)."""
+                  hg, hi, off, size, cover, picks, gains, scores, ed, m1, ebase):
+    """Run greedy picks t_start..t_end-1 in place (state: heaps, cover C, outputs).
+
+    exact mode uses the precomputed factors ed, m1 and ebase[v] = exp(-2 C_v / eta);
+    official mode passes empty arrays for them.
+    """
     for t in range(t_start, t_end):
         c = class_seq[t]
         while True:
             _, x = _heap_pop(hg, hi, off, size, c)
             if exact:
-                g = _exact_gain(x, indptr, indices, weights, conf, cover, inv_eta)
+                g = _exact_gain_fast(x, indptr, indices, ed, m1, ebase)
             else:
                 g = tanh_increase(cover[x] * inv_eta, conf[x] * inv_eta)
             # Stale keys are upper bounds (gains only shrink): x wins if it still beats the top.
@@ -145,17 +180,24 @@ def _greedy_steps(t_start, t_end, class_seq, indptr, indices, weights, conf, inv
         gains[t] = g if exact else _exact_gain(x, indptr, indices, weights, conf, cover, inv_eta)
         cx = conf[x]
         for j in range(indptr[x], indptr[x + 1]):
-            cover[indices[j]] += weights[j] * cx
+            v = indices[j]
+            cover[v] += weights[j] * cx
+            if exact:
+                ebase[v] = np.exp(-2.0 * (cover[v] * inv_eta))
 
 
 def prepare_graph(graph, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """CSR arrays (indptr int64, indices int64, weights float64) of an (N, N) graph."""
+    """CSR arrays (indptr int64, indices int32 or int64, weights float32 or float64) of an
+    (N, N) graph. Index and weight arrays are used as stored (no copies at N = 1M); float32
+    weights are widened exactly to float64 inside the kernels."""
     if graph is None or not sp.issparse(graph):
         raise InputError("prune4rel needs a sparse neighbour graph (see build_graph)")
     if graph.shape != (n, n):
         raise InputError(f"graph shape {graph.shape} does not match N={n}")
     g = graph.tocsr()
-    return (g.indptr.astype(np.int64), g.indices.astype(np.int64), g.data.astype(np.float64))
+    indices = g.indices if g.indices.dtype in (np.int32, np.int64) else g.indices.astype(np.int64)
+    weights = g.data if g.data.dtype in (np.float32, np.float64) else g.data.astype(np.float64)
+    return (g.indptr.astype(np.int64), np.ascontiguousarray(indices), np.ascontiguousarray(weights))
 
 
 def neighbourhood_confidence(graph, conf: np.ndarray, subset: np.ndarray) -> np.ndarray:
@@ -211,12 +253,17 @@ def greedy_neighbourhood_confidence(
     picks = np.empty(budget, dtype=np.int64)
     gains = np.empty(budget, dtype=np.float64)
     scores = np.empty(budget, dtype=np.float64)
+    if exact:
+        ed, m1 = _edge_factors(indptr, weights, conf, inv_eta)
+        ebase = np.ones(n, dtype=np.float64)  # exp(-2 C_v / eta) with C = 0
+    else:
+        ed = m1 = ebase = np.empty(0, dtype=np.float64)
     chunk = max(1, budget // 100)
     for start in range(0, budget, chunk):
         check_cancel(cancel)
         end = min(budget, start + chunk)
         _greedy_steps(start, end, seq, indptr, indices, weights, conf, inv_eta, exact,
-                      hg, hi, off, size, cover, picks, gains, scores)
+                      hg, hi, off, size, cover, picks, gains, scores, ed, m1, ebase)
         if progress:
             progress(end / budget, f"prune4rel {mode}: {end}/{budget} picked", {})
     return picks, gains, scores, cover

@@ -6,6 +6,8 @@ sparse implementation in `prune4rel.py` can be checked against them.
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
 from .selection import class_target_sequence
@@ -24,30 +26,44 @@ def _argmax_lowest(score: np.ndarray, allowed: np.ndarray) -> int:
 
 
 def dense_official_greedy(embeddings, conf, budget, tau, eta=1.0, labels=None, balance="none",
-                          steps: int | None = None):
+                          steps: int | None = None, step_times: list | None = None,
+                          dot_dtype=np.float32):
     """The released code's loop, in fp32: every step re-scans all N embeddings (O(N D)).
 
     embeddings (N, D); conf (N,). Returns picks (steps or budget,) int64. Self-weight is 1
-    (DESIGN 4.1); other weights are 0.5 + 0.5 cos where that exceeds tau.
+    (DESIGN 4.1); other weights are 0.5 + 0.5 cos where that exceeds tau. The unit vectors
+    come from `graph.normalize_embeddings`, so they are bit-identical to the graph's.
+    step_times: if a list is given, time.perf_counter() is appended once after the setup
+    and once after every step (for benchmarks: per-step cost without the setup).
+    dot_dtype=np.float64 computes the cosines in float64 and rounds them to float32 (the
+    same as `graph.range_graph(..., dot_dtype=np.float64)`), for parity checks free of
+    BLAS rounding differences; the default is the plain fp32 loop.
     """
-    z = np.asarray(embeddings, dtype=np.float32)
-    z = z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-30)
+    from .graph import normalize_embeddings
+
+    z = normalize_embeddings(embeddings)
+    if np.dtype(dot_dtype) != np.float32:
+        z = z.astype(dot_dtype)
     conf = np.asarray(conf, dtype=np.float64)
     n = z.shape[0]
     seq = class_target_sequence(labels, budget, balance) if labels is not None else None
     cover = np.zeros(n)
     selected = np.zeros(n, dtype=bool)
     picks = []
+    if step_times is not None:
+        step_times.append(time.perf_counter())
     for t in range(budget if steps is None else min(steps, budget)):
         score = _tanh_increase(cover / eta, conf / eta)
         allowed = ~selected if seq is None else (~selected & (labels == seq[t]))
         p = _argmax_lowest(score, allowed)
         selected[p] = True
         picks.append(p)
-        sim = 0.5 + 0.5 * (z @ z[p])
-        w = np.where(sim > tau, sim, 0.0)
+        sim = 0.5 + 0.5 * (z @ z[p]).astype(np.float32, copy=False)
+        w = np.where(sim > np.float32(tau), sim, np.float32(0.0))
         w[p] = 1.0
         cover += w * conf[p]
+        if step_times is not None:
+            step_times.append(time.perf_counter())
     return np.array(picks, dtype=np.int64)
 
 

@@ -154,3 +154,192 @@ def test_large_random_graph_selection_finishes():
         sel = pc.select("prune4rel", keep_ratio=0.5, probs=probs, graph=g, mode=mode)
         assert sel.budget == 50_000
         assert np.unique(sel.indices).size == 50_000
+
+
+# --- blocked (cell) search, exact CPU search, torch top-k, symmetrisation -------------------
+
+from prune_core import graph as graph_mod  # noqa: E402
+from prune_core.errors import Cancelled  # noqa: E402
+
+
+def brute_knn(u, k):
+    s = u.astype(np.float64) @ u.T.astype(np.float64)
+    np.fill_diagonal(s, -np.inf)
+    ids = np.argsort(-s, axis=1, kind="stable")[:, :k]
+    return ids, np.take_along_axis(s, ids, 1)
+
+
+def test_blocked_search_exhaustive_equals_exact():
+    """With nprobe >= the number of cells the blocked search compares every pair."""
+    z = clustered(n=1500, d=24, k=12, seed=7)
+    u = normalize_embeddings(z)
+    ids, cos = graph_mod.blocked_knn(u, 12, cell_size=60, nprobe=10**6)
+    bids, bcos = brute_knn(u, 12)
+    np.testing.assert_allclose(cos, bcos, atol=1e-5)
+    assert np.mean([set(a) == set(b) for a, b in zip(ids, bids)]) > 0.99
+    a = pc.build_graph(z, k=12, tau=0.9, search="blocked", cell_size=60, nprobe=10**6)
+    b = pc.build_graph(z, k=12, tau=0.9, search="exact")
+    assert abs(a - b).max() < 1e-6
+    assert (a != 0).sum() == (b != 0).sum()
+
+
+def test_blocked_search_default_probes_recall_and_exact_similarities():
+    z = clustered(n=4000, d=32, k=20, seed=8)
+    u = normalize_embeddings(z)
+    ids, cos, backend = knn_search(u, 15, search="blocked", cell_size=100)
+    assert backend == "blocked"
+    bids, _ = brute_knn(u, 15)
+    recall = np.mean([len(set(a) & set(b)) / 15 for a, b in zip(ids, bids)])
+    assert recall > 0.9
+    # every returned similarity is the exact cosine of that pair
+    found = ids >= 0
+    rows = np.repeat(np.arange(len(u)), 15).reshape(-1, 15)
+    exact = np.einsum("ij,ij->i", u[rows[found]].astype(np.float64), u[ids[found]].astype(np.float64))
+    np.testing.assert_allclose(cos[found], exact, atol=1e-5)
+    assert (np.diff(cos, axis=1) <= 1e-7).all()  # descending
+    assert not (ids == np.arange(len(u))[:, None]).any()  # self excluded
+
+
+def test_blocked_search_is_deterministic_and_leaves_input_alone():
+    z = clustered(n=3000, d=16, seed=9)
+    u = normalize_embeddings(z)
+    before = u.copy()
+    a = knn_search(u, 10, search="blocked", cell_size=80, seed=3)
+    b = knn_search(u, 10, search="blocked", cell_size=80, seed=3)
+    np.testing.assert_array_equal(a[0], b[0])
+    np.testing.assert_array_equal(u, before)
+    z_before = z.copy()
+    pc.build_graph(z, k=10, tau=0.9, search="blocked", cell_size=80)
+    np.testing.assert_array_equal(z, z_before)  # build_graph works on its own copy
+
+
+def test_auto_search_picks_blocked_above_the_exact_limit(monkeypatch):
+    monkeypatch.setattr(graph_mod, "_faiss_gpu_available", lambda: False)
+    monkeypatch.setattr(graph_mod, "_torch_cuda_available", lambda: False)
+    assert graph_mod.resolve_search(graph_mod.EXACT_SEARCH_MAX_N, "auto") == "exact"
+    assert graph_mod.resolve_search(graph_mod.EXACT_SEARCH_MAX_N + 1, "auto") == "blocked"
+    with pytest.raises(pc.InputError, match="no CUDA device"):
+        graph_mod.resolve_search(100, "auto", device="cuda")
+
+
+def test_torch_blockwise_topk_on_cpu_matches_brute_force():
+    """The CUDA exact path's code (torch_knn), run on CPU torch; duplicates test self-exclusion."""
+    z = clustered(n=700, d=20, seed=10)
+    z[5] = z[6]  # duplicate rows: each must still exclude itself, not its twin
+    u = normalize_embeddings(z)
+    ids, cos = graph_mod.torch_knn(u, 9, device="cpu", block_rows=64)
+    bids, bcos = brute_knn(u, 9)
+    np.testing.assert_allclose(cos, bcos, atol=1e-5)
+    assert np.mean([set(a) == set(b) for a, b in zip(ids, bids)]) > 0.99
+    assert not (ids == np.arange(len(u))[:, None]).any()
+    assert ids[5, 0] == 6 and ids[6, 0] == 5
+
+
+def test_gpu_backends_are_wired_through_build_graph(monkeypatch):
+    """With CUDA 'present' (simulated: torch_knn redirected to CPU), auto is exact on the GPU
+    path, and build_graph gives the same graph as the CPU exact search."""
+    real = graph_mod.torch_knn
+    calls = []
+
+    def fake_torch_knn(z, k, device="cpu", **kw):
+        calls.append(device)
+        return real(z, k, device="cpu", block_rows=50)
+
+    monkeypatch.setattr(graph_mod, "torch_knn", fake_torch_knn)
+    monkeypatch.setattr(graph_mod, "_faiss_gpu_available", lambda: False)
+    monkeypatch.setattr(graph_mod, "_torch_cuda_available", lambda: True)
+    assert graph_mod.resolve_search(10**7, "auto") == "torch-cuda"
+    assert graph_mod.resolve_search(10**7, "blocked") == "blocked"  # approximate stays on CPU
+    z = clustered(n=400, seed=11)
+    g, info = pc.build_graph(z, k=20, tau=0.9, return_info=True)
+    assert info.search == "torch-cuda" and calls == ["cuda"]
+    ref = pc.build_graph(z, k=20, tau=0.9, device="cpu")
+    assert abs(g - ref).max() < 1e-6
+    # faiss-gpu cannot select more than 2048 neighbours: larger k goes to torch
+    monkeypatch.setattr(graph_mod, "_faiss_gpu_available", lambda: True)
+    u = normalize_embeddings(clustered(n=2100, d=8, seed=12))
+    ids, cos, backend = knn_search(u, 2049)
+    assert backend == "torch-cuda" and ids.shape == (2100, 2049)
+
+
+def test_symmetrisation_keeps_max_weight_unit_diagonal_int32():
+    ids = np.array([[1, 2], [0, 2], [0, 1]])
+    sim = np.array([[0.95, 0.91], [0.97, 0.5], [0.92, 0.5]], dtype=np.float32)
+    g = graph_mod._csr_from_knn(ids, sim, 0.9, 3)
+    expect = np.array([[1.0, 0.97, 0.92], [0.97, 1.0, 0.0], [0.92, 0.0, 1.0]], dtype=np.float32)
+    np.testing.assert_array_equal(g.toarray(), expect)
+    assert g.indices.dtype == np.int32 and g.data.dtype == np.float32
+    assert g.has_sorted_indices and (np.diff(g.indices[g.indptr[0]:g.indptr[1]]) > 0).all()
+    # threshold is strict and in float32, like the dense loop's `sim > tau`
+    g = graph_mod._csr_from_knn(ids, sim, float(np.float32(0.95)), 3)
+    assert g[0, 1] == np.float32(0.97) and g[0, 2] == 0
+
+
+def test_range_graph_fp64_dots_equals_dense_threshold():
+    z = clustered(n=300, seed=13)
+    u = normalize_embeddings(z)
+    tau = 0.95
+    g = graph_mod.range_graph(u, tau, dot_dtype=np.float64).toarray()
+    cos = (u.astype(np.float64) @ u.T.astype(np.float64)).astype(np.float32)
+    s = np.float32(0.5) + np.float32(0.5) * cos
+    expect = np.where(s > np.float32(tau), s, 0)
+    np.fill_diagonal(expect, 1.0)
+    np.testing.assert_array_equal(g, expect)
+
+
+def test_official_mode_on_range_graph_equals_dense_loop_whole_selection():
+    """The sparse official mode picks exactly the dense loop's indices over a whole selection
+    (both sides with fp64 dot products rounded to fp32, so BLAS order cannot matter)."""
+    from prune_core.prune4rel import greedy_neighbourhood_confidence
+    from prune_core.reference import dense_official_greedy
+
+    rng = np.random.default_rng(14)
+    z = clustered(n=1200, d=32, k=10, seed=14)
+    conf = rng.beta(5, 1.5, len(z))
+    tau = 0.96
+    g = graph_mod.range_graph(normalize_embeddings(z), tau, dot_dtype=np.float64)
+    fast, _, _, _ = greedy_neighbourhood_confidence(g, conf, 600, 1.0, "official")
+    dense = dense_official_greedy(z, conf, 600, tau, dot_dtype=np.float64)
+    np.testing.assert_array_equal(fast, dense)
+
+
+def test_selection_accepts_int64_float64_graphs_identically():
+    from prune_core.prune4rel import greedy_neighbourhood_confidence
+
+    z = clustered(n=500, seed=15)
+    conf = np.random.default_rng(15).beta(5, 1.5, 500)
+    g32 = pc.build_graph(z, k=20, tau=0.9)
+    g64 = sp.csr_matrix((g32.data.astype(np.float64), g32.indices.astype(np.int64),
+                         g32.indptr.astype(np.int64)), shape=g32.shape)
+    for mode in ("exact", "official"):
+        a = greedy_neighbourhood_confidence(g32, conf, 250, 1.0, mode)
+        b = greedy_neighbourhood_confidence(g64, conf, 250, 1.0, mode)
+        np.testing.assert_array_equal(a[0], b[0])
+        np.testing.assert_array_equal(a[1], b[1])
+
+
+def test_blocked_search_cancel_and_progress():
+    import threading
+
+    z = clustered(n=3000, d=16, seed=16)
+    seen = []
+    pc.build_graph(z, k=10, tau=0.9, search="blocked", cell_size=100,
+                   progress=lambda f, msg, extra: seen.append(f))
+    assert seen and seen[-1] == 1.0 and all(0 <= f <= 1 for f in seen)
+    token = threading.Event()
+    token.set()
+    with pytest.raises(Cancelled):
+        pc.build_graph(z, k=10, tau=0.9, search="blocked", cell_size=100, cancel=token)
+    with pytest.raises(Cancelled):
+        pc.build_graph(z, k=10, tau=0.9, search="exact", cancel=token)
+
+
+def test_normalize_embeddings_copies_and_handles_zero_rows():
+    z = np.array([[3.0, 4.0], [0.0, 0.0], [1.0, 0.0]], dtype=np.float32)
+    before = z.copy()
+    u = normalize_embeddings(z)
+    np.testing.assert_array_equal(z, before)
+    np.testing.assert_allclose(u, [[0.6, 0.8], [0, 0], [1, 0]], atol=1e-7)
+    assert u.dtype == np.float32
+    np.testing.assert_allclose(normalize_embeddings(np.array([[1, 1], [2, 0]], dtype=np.int64)),
+                               [[2**-0.5, 2**-0.5], [1, 0]], atol=1e-7)

@@ -1,0 +1,466 @@
+"""Benchmark of the Prune4ReL selection: neighbour graph + greedy, against the dense loop.
+
+    .venv/bin/python bench/selection.py                     # full table (~30-40 min on 2 cores)
+    .venv/bin/python bench/selection.py --quick             # 10k and 50k, D=512, digits (~3 min)
+    .venv/bin/python bench/selection.py --sizes 10k,50k --dims 512 --real none
+
+For every configuration (dataset, N, D) it reports, all measured in the same run:
+
+- graph: build time (`graph.build_graph_with_knn`, k=50, tau='auto' so the median example
+  keeps 10 neighbours; normalisation, search, threshold and symmetrisation included),
+  the backend 'auto' picked, and recall@k of its kNN lists against exact brute-force
+  search in the ORIGINAL embedding space on a random sample of queries;
+- selection time of the exact and the official mode at keep ratio 0.5 (no class balance,
+  eta=1), and the objective F of both (exact >= official is checked);
+- the dense reference (`reference.dense_official_greedy`, the released code's loop, fp32,
+  O(N D) per step): timed over the first --dense-steps steps and extrapolated to the whole
+  budget (setup + budget x mean step); run in full when N <= --dense-full-n;
+- speed-up = dense extrapolated time / (graph + selection time), per mode;
+- parity: for N <= --parity-max-n the official mode on the exact, untruncated tau-graph
+  (k=None, same tau) is compared with the dense reference's picks (whole selection when
+  the dense loop ran in full, else its first steps); for every N, the official mode on
+  the kNN graph is compared too (informational: truncation to k neighbours may differ);
+- peak RSS (VmHWM) of each configuration, measured in a fresh subprocess that generates
+  the data, builds the graph and runs both selections (the embeddings themselves count);
+  the dense reference runs in another subprocess (its peak is shown apart).
+
+Synthetic data ("clustered"): a mixture of Gaussian clusters in a 32-d latent space
+(N/500 clusters, clamped to 20..2000, grouped into up to 100 classes; class centres
+N(0, 1.5^2), cluster offsets N(0, 1), anisotropic within-cluster spread), mapped to D
+dims by a random linear map plus isotropic noise (sd 0.3) and a ReLU, so embeddings are
+non-negative like post-ReLU CNN features (random pairs have cos ~0.33, the 10th nearest
+neighbour ~0.92). Confidences: max-softmax of a noisy nearest-class-centre classifier
+in the latent space (logits -d^2/16 plus Gumbel noise: median confidence ~0.8, ~85%
+accurate). Real data: USPS (../shared/datasets/usps/usps.npz, skipped when absent) and
+scikit-learn digits, raw pixels as embeddings, confidences from a cosine nearest-class-
+mean classifier (softmax of 20 cos(x, class mean)); no warm-up training.
+
+Timings depend on the machine's load: the speed-ups compare times measured in the same
+run, on the same machine, minutes apart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+USPS = REPO.parent / "shared" / "datasets" / "usps" / "usps.npz"
+GiB = 1024**3
+
+
+# ---------------------------------------------------------------------------------------
+# Data
+
+
+def clustered(n: int, d: int, seed: int = 0, latent: int = 32, block: int = 65536):
+    """Synthetic embeddings (n, d) float32 >= 0 and confidences (n,) float64 (see module doc)."""
+    rng = np.random.default_rng(seed)
+    n_clusters = int(np.clip(n // 500, 20, 2000))
+    n_classes = int(min(100, max(2, n_clusters // 5)))
+    cls_of_cluster = rng.integers(0, n_classes, n_clusters)
+    cls_centre = rng.normal(0, 1.5, (n_classes, latent))
+    centre = cls_centre[cls_of_cluster] + rng.normal(0, 1.0, (n_clusters, latent))
+    scale = rng.uniform(0.5, 1.0, n_clusters)
+    spectrum = (1 + np.arange(latent)) ** -0.5
+    spectrum *= np.sqrt(latent / (spectrum**2).sum())
+    w = rng.normal(0, 1 / np.sqrt(latent), (latent, d)).astype(np.float32)
+    cluster = rng.choice(n_clusters, n, p=rng.dirichlet(np.ones(n_clusters) * 2))
+    x = np.empty((n, d), dtype=np.float32)
+    conf = np.empty(n, dtype=np.float64)
+    c_sq = (cls_centre**2).sum(1)
+    for s in range(0, n, block):
+        m = min(block, n - s)
+        cl = cluster[s : s + m]
+        h = centre[cl] + scale[cl, None] * spectrum * rng.standard_normal((m, latent))
+        xb = h.astype(np.float32) @ w
+        xb += 0.3 * rng.standard_normal((m, d), dtype=np.float32)
+        np.maximum(xb, 0, out=xb)
+        x[s : s + m] = xb
+        d2 = (h**2).sum(1)[:, None] - 2 * h @ cls_centre.T + c_sq[None]
+        logits = -d2 / 16.0 + rng.gumbel(size=d2.shape)
+        logits -= logits.max(1, keepdims=True)
+        p = np.exp(logits)
+        conf[s : s + m] = 1.0 / p.sum(1)  # max softmax probability (the max logit is 0)
+    return x, conf
+
+
+def cosine_classifier_confidence(x: np.ndarray, y: np.ndarray, scale: float = 20.0) -> np.ndarray:
+    """Max-softmax of scale * cos(x, class mean): a training-free, noisy classifier."""
+    u = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    means = np.stack([u[y == c].mean(0) for c in np.unique(y)])
+    means /= np.linalg.norm(means, axis=1, keepdims=True)
+    logits = scale * (u @ means.T)
+    logits -= logits.max(1, keepdims=True)
+    return 1.0 / np.exp(logits).sum(1)
+
+
+def load(spec: dict):
+    """(embeddings float32 (N, D), confidences (N,)) for a configuration."""
+    if spec["data"] == "clustered":
+        return clustered(spec["n"], spec["d"], seed=spec.get("seed", 0))
+    if spec["data"] == "usps":
+        with np.load(USPS) as f:
+            x = f["x_train"].reshape(len(f["x_train"]), -1).astype(np.float32) / 255.0
+            y = f["y_train"]
+        return x, cosine_classifier_confidence(x, y)
+    if spec["data"] == "digits":
+        from sklearn.datasets import load_digits
+
+        ds = load_digits()
+        x = ds.data.astype(np.float32) / 16.0
+        return x, cosine_classifier_confidence(x, ds.target)
+    raise ValueError(spec["data"])
+
+
+# ---------------------------------------------------------------------------------------
+# Workers (each runs in a fresh subprocess and prints one JSON line)
+
+
+def _vm(key: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def _warm_numba():
+    """Load (or compile once) the numba kernels with the dtypes the timed calls use."""
+    from prune_core.graph import build_graph
+    from prune_core.prune4rel import greedy_neighbourhood_confidence
+
+    rng = np.random.default_rng(0)
+    x = rng.random((600, 8), dtype=np.float32)
+    for search in ("exact", "blocked"):
+        g = build_graph(x, k=10, tau="auto", search=search, cell_size=50)
+    conf = rng.random(600)
+    for mode in ("exact", "official"):
+        greedy_neighbourhood_confidence(g, conf, 100, 1.0, mode)
+
+
+def exact_topk(x: np.ndarray, queries: np.ndarray, k: int, block: int = 65536):
+    """Exact cosine top-k (self excluded) of the given rows, blockwise over the data.
+
+    Returns (ids (Q, k), cos (Q, k))."""
+    def unit(a):
+        a = a.astype(np.float32)
+        return a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-30)
+
+    q = unit(x[queries])
+    best_s = np.full((len(queries), k), -np.inf, dtype=np.float32)
+    best_i = np.full((len(queries), k), -1, dtype=np.int64)
+    for s in range(0, len(x), block):
+        zb = unit(x[s : s + block])
+        sim = q @ zb.T
+        ids = np.arange(s, s + len(zb))
+        sim[ids[None, :] == queries[:, None]] = -np.inf
+        all_s = np.concatenate([best_s, sim], axis=1)
+        all_i = np.concatenate([best_i, np.broadcast_to(ids, sim.shape)], axis=1)
+        top = np.argpartition(-all_s, k - 1, axis=1)[:, :k]
+        best_s = np.take_along_axis(all_s, top, 1)
+        best_i = np.take_along_axis(all_i, top, 1)
+    return best_i, best_s
+
+
+def worker_main(spec: dict) -> dict:
+    """Graph + both selections (+ recall, after the peak is read)."""
+    from prune_core.graph import build_graph_with_knn
+    from prune_core.prune4rel import greedy_neighbourhood_confidence, objective
+
+    _warm_numba()
+    t0 = time.perf_counter()
+    x, conf = load(spec)
+    n, d = x.shape
+    out = {"n": n, "d": d, "data_seconds": time.perf_counter() - t0, "rss_data": _vm("VmRSS")}
+    budget = max(1, int(round(spec["keep"] * n)))
+    t = time.perf_counter()
+    g, info, ids, _ = build_graph_with_knn(x, k=spec["k"], tau="auto",
+                                           target_neighbours=spec["target_neighbours"])
+    out["graph_seconds"] = time.perf_counter() - t
+    out["backend"] = info.search
+    out["tau"] = info.tau
+    out["mean_degree"] = info.mean_degree
+    out["median_degree"] = info.median_degree
+    out["isolated"] = info.isolated_fraction
+    for mode in ("exact", "official"):
+        t = time.perf_counter()
+        picks, gains, _, _ = greedy_neighbourhood_confidence(g, conf, budget, 1.0, mode)
+        out[f"sel_{mode}_seconds"] = time.perf_counter() - t
+        out[f"F_{mode}"] = objective(g, conf, picks, 1.0)
+        if mode == "official":
+            keep = budget if n <= spec["dense_full_n"] else spec["dense_steps"]
+            out["official_knn_picks"] = picks[:keep].tolist()
+        del picks, gains
+    out["peak_rss"] = _vm("VmHWM")  # graph + selections (recall check excluded)
+    rng = np.random.default_rng(1)
+    queries = np.sort(rng.choice(n, min(n, spec["queries"]), replace=False))
+    truth, truth_cos = exact_topk(x, queries, spec["k"])
+    out["recall"] = float(np.mean([len(set(a) & set(b)) / spec["k"]
+                                   for a, b in zip(ids[queries], truth)]))
+    out["recall_queries"] = len(queries)
+    # Edge recall: of the exact top-k neighbours above tau, the share the graph keeps.
+    above = (0.5 + 0.5 * truth_cos.astype(np.float32)) > np.float32(out["tau"])
+    kept = sum(np.isin(truth[j][above[j]], g.indices[g.indptr[q]:g.indptr[q + 1]]).sum()
+               for j, q in enumerate(queries))
+    out["edge_recall"] = float(kept / max(1, above.sum()))
+    return out
+
+
+def worker_dense(spec: dict) -> dict:
+    """Dense reference (timed) and, for small N, the exact range graph's official picks."""
+    from threadpoolctl import threadpool_limits
+
+    from prune_core.graph import normalize_embeddings, range_graph
+    from prune_core.prune4rel import greedy_neighbourhood_confidence
+    from prune_core.reference import dense_official_greedy
+
+    _warm_numba()
+    x, conf = load(spec)
+    n = len(x)
+    budget = max(1, int(round(spec["keep"] * n)))
+    tau = spec["tau"]
+    full = n <= spec["dense_full_n"]
+    probe = min(budget, spec["dense_steps"])
+
+    def timed(steps, threads):
+        marks: list = []
+        with threadpool_limits(threads, user_api="blas"):
+            t = time.perf_counter()
+            picks = dense_official_greedy(x, conf, budget, tau, 1.0, steps=steps, step_times=marks)
+        return picks, time.perf_counter() - t, marks[0] - t, (marks[-1] - marks[0]) / steps
+
+    # The dense loop gets its best case: BLAS with all threads or with one (on a loaded
+    # 2-core machine, multi-threaded mat-vecs can stall), whichever is faster per step.
+    runs = {threads: timed(probe, threads) for threads in (None, 1)}
+    best = min(runs, key=lambda th: runs[th][3])
+    if full:
+        runs[best] = timed(budget, best)
+    dense, total, setup, per_step = runs[best]
+    steps = len(dense)
+    out = {
+        "dense_steps": steps, "dense_full": full, "dense_setup": setup,
+        "dense_step_seconds": per_step, "dense_measured_seconds": total,
+        "dense_blas_threads": "default" if best is None else best,
+        "dense_step_seconds_by_threads": {str(th): r[3] for th, r in runs.items()},
+        "dense_seconds": total if full else setup + per_step * budget,
+        "dense_picks": dense.tolist(), "dense_rss": _vm("VmHWM"),
+    }
+    if n <= spec["parity_max_n"]:
+        z = normalize_embeddings(x)
+        for name, dtype in (("fp32", np.float32), ("fp64", np.float64)):
+            t = time.perf_counter()
+            g = range_graph(z, tau, dot_dtype=dtype)
+            out[f"range_graph_{name}_seconds"] = time.perf_counter() - t
+            picks, _, _, _ = greedy_neighbourhood_confidence(g, conf, budget, 1.0, "official")
+            ref = dense if dtype == np.float32 else dense_official_greedy(
+                x, conf, budget, tau, 1.0, steps=steps, dot_dtype=dtype)
+            out[f"parity_{name}"] = _prefix_match(picks[:steps], ref)
+            del g
+        out["parity_steps"] = steps
+    return out
+
+
+def _prefix_match(a, b) -> int:
+    """Length of the common prefix of two pick sequences."""
+    a, b = np.asarray(a), np.asarray(b)
+    m = min(len(a), len(b))
+    diff = np.flatnonzero(a[:m] != b[:m])
+    return int(diff[0]) if diff.size else m
+
+
+# ---------------------------------------------------------------------------------------
+# Orchestration
+
+
+def run_worker(kind: str, spec: dict, timeout: float) -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", kind, json.dumps(spec)]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO)
+    except subprocess.TimeoutExpired:
+        return {"error": f"{kind} worker timed out after {timeout:.0f}s"}
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+        return {"error": f"{kind} worker failed (exit {proc.returncode}): {' | '.join(tail)}"}
+    return json.loads(lines[-1])
+
+
+def parse_size(text: str) -> int:
+    text = text.strip().lower()
+    mult = {"k": 1_000, "m": 1_000_000}.get(text[-1:], 1)
+    return int(float(text[:-1] if text[-1:] in "km" else text) * mult)
+
+
+def fmt_n(n: int) -> str:
+    return f"{n // 1_000_000}M" if n >= 1_000_000 and n % 1_000_000 == 0 else (
+        f"{n // 1000}k" if n >= 1000 and n % 1000 == 0 else str(n))
+
+
+def configurations(args) -> list[dict]:
+    base = dict(k=args.k, keep=args.keep, target_neighbours=args.target_neighbours,
+                dense_steps=args.dense_steps, dense_full_n=args.dense_full_n,
+                parity_max_n=args.parity_max_n, queries=args.queries)
+    out = []
+    for d in args.dims:
+        for n in args.sizes:
+            out.append(dict(base, data="clustered", n=n, d=d, name=f"clustered {fmt_n(n)} x {d}"))
+    for name in args.real:
+        if name == "usps" and not USPS.exists():
+            print(f"# USPS skipped: {USPS} not found", flush=True)
+            continue
+        out.append(dict(base, data=name, name=name))
+    return out
+
+
+def row(spec: dict, res: dict) -> dict:
+    main, dense = res["main"], res.get("dense", {})
+    r = {"config": spec["name"]}
+    if "error" in main:
+        r["error"] = main["error"]
+        return r
+    r.update(n=main["n"], d=main["d"], backend=main["backend"], tau=main["tau"],
+             mean_degree=main["mean_degree"], graph_s=main["graph_seconds"], recall=main["recall"],
+             edge_recall=main["edge_recall"],
+             exact_s=main["sel_exact_seconds"], official_s=main["sel_official_seconds"],
+             F_exact=main["F_exact"], F_official=main["F_official"],
+             F_ok=main["F_exact"] >= main["F_official"] - 1e-9 * abs(main["F_official"]),
+             peak_gib=main["peak_rss"] / GiB, data_gib=main["rss_data"] / GiB)
+    if "error" in dense:
+        r["dense_error"] = dense["error"]
+        return r
+    if dense:
+        r.update(dense_step_ms=1e3 * dense["dense_step_seconds"], dense_s=dense["dense_seconds"],
+                 dense_full=dense["dense_full"], dense_steps=dense["dense_steps"],
+                 dense_gib=dense["dense_rss"] / GiB)
+        r["speedup_official"] = dense["dense_seconds"] / (main["graph_seconds"] + main["sel_official_seconds"])
+        r["speedup_exact"] = dense["dense_seconds"] / (main["graph_seconds"] + main["sel_exact_seconds"])
+        r["knn_official_match"] = _prefix_match(main["official_knn_picks"], dense["dense_picks"])
+        if "parity_fp32" in dense:
+            r["parity_fp32"] = dense["parity_fp32"]
+            r["parity_fp64"] = dense["parity_fp64"]
+            r["parity_steps"] = dense["parity_steps"]
+    return r
+
+
+def table(rows: list[dict]) -> str:
+    head = ("| config | backend | graph s | recall@k (tau-edges) | sel exact s | sel official s | F exact | "
+            "F official | exact>=official | dense ms/step | dense total s | speed-up official | "
+            "speed-up exact | peak RSS GiB (data) | dense RSS GiB | parity: k=None official = dense | "
+            "kNN official = dense |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['config']} | error: {r['error']} |")
+            continue
+        dense = "dense_s" in r
+        total = (f"{r['dense_s']:.0f}" + ("" if r.get("dense_full") else f" (extrap. from {r['dense_steps']})")
+                 if dense else r.get("dense_error", "-"))
+        parity = (f"fp32 {r['parity_fp32']}/{r['parity_steps']}, fp64 dots {r['parity_fp64']}/{r['parity_steps']}"
+                  + (" (whole selection)" if r.get("dense_full") else "")) if "parity_fp32" in r else "-"
+        knn = (f"{r['knn_official_match']}/{r['dense_steps']}" if dense else "-")
+        lines.append(
+            f"| {r['config']} | {r['backend']} | {r['graph_s']:.2f} | {r['recall']:.4f} ({r['edge_recall']:.4f}) | "
+            f"{r['exact_s']:.2f} | {r['official_s']:.2f} | {r['F_exact']:.1f} | {r['F_official']:.1f} | "
+            f"{'yes' if r['F_ok'] else 'NO'} | {r.get('dense_step_ms', float('nan')):.2f} | {total} | "
+            f"{r.get('speedup_official', float('nan')):.0f}x | {r.get('speedup_exact', float('nan')):.0f}x | "
+            f"{r['peak_gib']:.2f} ({r['data_gib']:.2f}) | {r.get('dense_gib', float('nan')):.2f} | "
+            f"{parity} | {knn} |"
+        )
+    return "\n".join(lines)
+
+
+def targets(rows: list[dict]) -> list[str]:
+    """The issue's targets, checked on the rows that exist."""
+    out = []
+    by = {(r.get("n"), r.get("d"), r["config"].split()[0]): r for r in rows if "error" not in r}
+    r = by.get((50_000, 512, "clustered"))
+    if r and "speedup_official" in r:
+        ok = min(r["speedup_official"], r["speedup_exact"]) >= 100
+        out.append(f"50k x 512: graph+selection >= 100x faster than dense: official {r['speedup_official']:.0f}x, "
+                   f"exact {r['speedup_exact']:.0f}x -> {'MET' if ok else 'NOT MET'}")
+        if "parity_fp32" in r:
+            ok = r["parity_fp32"] == r["parity_steps"]
+            out.append(f"50k x 512: official on exact tau-graph = dense picks (first {r['parity_steps']} steps): "
+                       f"fp32 {r['parity_fp32']}/{r['parity_steps']}, fp64 dots {r['parity_fp64']}/"
+                       f"{r['parity_steps']} -> {'MET' if ok else 'NOT MET'}")
+    r = by.get((1_000_000, 512, "clustered"))
+    if r:
+        checks = [("graph <= 300 s", r["graph_s"] <= 300), ("recall@k >= 0.9", r["recall"] >= 0.9),
+                  ("exact selection <= 60 s", r["exact_s"] <= 60),
+                  ("official selection <= 15 s", r["official_s"] <= 15),
+                  ("peak RSS <= 8 GiB", r["peak_gib"] <= 8)]
+        out.append("1M x 512: " + ", ".join(f"{name}: {'MET' if ok else 'NOT MET'}" for name, ok in checks)
+                   + f" (graph {r['graph_s']:.0f} s, recall {r['recall']:.3f}, exact {r['exact_s']:.1f} s, "
+                   f"official {r['official_s']:.1f} s, peak {r['peak_gib']:.2f} GiB)")
+    ok = all(r["F_ok"] for r in rows if "error" not in r)
+    out.append(f"F(exact) >= F(official) on every instance: {'MET' if ok else 'NOT MET'}")
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--sizes", default="10k,50k,200k,1M", help="synthetic N values, e.g. 10k,50k")
+    ap.add_argument("--dims", default="512,64", help="synthetic D values")
+    ap.add_argument("--real", default="usps,digits", help="real data sets (usps, digits) or 'none'")
+    ap.add_argument("--quick", action="store_true", help="10k and 50k at D=512, digits, 20 dense steps")
+    ap.add_argument("--k", type=int, default=50)
+    ap.add_argument("--keep", type=float, default=0.5)
+    ap.add_argument("--target-neighbours", type=int, default=10)
+    ap.add_argument("--dense-steps", type=int, default=50, help="dense steps timed when not run in full")
+    ap.add_argument("--dense-full-n", type=int, default=10_000, help="run the dense loop in full up to this N")
+    ap.add_argument("--parity-max-n", type=int, default=50_000, help="exact range-graph parity up to this N")
+    ap.add_argument("--queries", type=int, default=1000, help="queries for recall@k")
+    ap.add_argument("--timeout", type=float, default=1800, help="seconds per worker")
+    ap.add_argument("--json", help="also write the rows to this JSON file")
+    ap.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.worker:
+        kind, spec = args.worker[0], json.loads(args.worker[1])
+        res = worker_main(spec) if kind == "main" else worker_dense(spec)
+        print(json.dumps(res), flush=True)
+        return 0
+    if args.quick:
+        args.sizes, args.dims, args.real, args.dense_steps = "10k,50k", "512", "digits", 20
+    args.sizes = [parse_size(s) for s in args.sizes.split(",") if s.strip()]
+    args.dims = [int(s) for s in args.dims.split(",") if s.strip()]
+    args.real = [] if args.real.strip().lower() == "none" else [s.strip() for s in args.real.split(",") if s.strip()]
+    import platform
+
+    print(f"# prune4rel selection benchmark: {platform.processor() or platform.machine()}, "
+          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}, python {platform.python_version()}",
+          flush=True)
+    rows = []
+    start = time.perf_counter()
+    for spec in configurations(args):
+        t = time.perf_counter()
+        res = {"main": run_worker("main", spec, args.timeout)}
+        if "error" not in res["main"]:
+            res["dense"] = run_worker("dense", dict(spec, tau=res["main"]["tau"]), args.timeout)
+        r = row(spec, res)
+        rows.append(r)
+        brief = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()}
+        print(f"# {spec['name']}: {time.perf_counter() - t:.0f}s wall, load {os.getloadavg()[0]:.1f}: "
+              f"{json.dumps(brief)}", flush=True)
+    print()
+    print(table(rows))
+    print()
+    for line in targets(rows):
+        print("- " + line)
+    print(f"\n# total {time.perf_counter() - start:.0f}s, load average at the end {os.getloadavg()[0]:.1f}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,196 @@
+"""Data: load a dataset, inject label noise, look at the images, classes and noise."""
+
+import hashlib
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+
+from pages import _ui as ui
+from prune_core import jobs as J
+from prune_core.errors import InputError
+
+ui.ensure_app_frame(__file__)
+
+st.title("Data")
+
+s = ui.store()
+run_id = ui.current_run_id()
+has_data = run_id is not None and ui.data(run_id) is not None
+
+SOURCES = {
+    "digits": "digits (built-in, 1,437 train / 360 test 8x8 images)",
+    "upload": "npz file (upload)",
+    "npz": "npz file (path on the server)",
+    "torchvision": "torchvision dataset (folder)",
+    "imagefolder": "image folder (one sub-folder per class)",
+}
+NOISE_KINDS = {"none": "none (labels as given)", "sym": "symmetric", "asym": "asymmetric (class flips)",
+               "labels": "noisy-label file"}
+
+
+def spec_from_inputs() -> tuple[str, bool]:
+    """(data SPEC, download) from the form's widgets; InputError for missing fields."""
+    src = st.session_state.get("data_source", "digits")
+    if src == "digits":
+        return "digits", False
+    if src == "upload":
+        up = st.session_state.get("data_upload")
+        if up is None:
+            raise InputError("choose an .npz file to upload first")
+        raw = up.getvalue()
+        name = hashlib.sha256(raw).hexdigest()[:16] + ".npz"
+        path = s.root / "uploads" / name
+        if not path.exists():
+            from prune_core.runstore import atomic_write_bytes
+
+            atomic_write_bytes(path, raw)
+        return f"npz:{path}", False
+    if src == "npz":
+        p = (st.session_state.get("data_npz_path") or "").strip()
+        if not p:
+            raise InputError("enter the path of an .npz file")
+        return f"npz:{p}", False
+    if src == "torchvision":
+        root = (st.session_state.get("data_tv_root") or "").strip()
+        if not root:
+            raise InputError("enter the torchvision root folder")
+        return f"torchvision:{st.session_state.get('data_tv_name', 'mnist')}:{root}", bool(
+            st.session_state.get("data_tv_download", False))
+    p = (st.session_state.get("data_folder_path") or "").strip()
+    if not p:
+        raise InputError("enter the path of the image folder")
+    return f"imagefolder:{p}", False
+
+
+def noise_from_inputs() -> str:
+    kind = st.session_state.get("data_noise_type", "sym")
+    if kind == "none":
+        return "none"
+    if kind == "labels":
+        p = (st.session_state.get("data_noise_file") or "").strip()
+        if not p:
+            raise InputError("enter the path of the noisy-label file (.npy, .csv, .npz#KEY or .pt#KEY)")
+        return f"labels:{p}"
+    rate = float(st.session_state.get("data_noise_rate", 40)) / 100.0
+    return f"{kind}:{rate:g}"
+
+
+with st.expander("New run from a dataset", expanded=not has_data):
+    src = st.radio("Source", list(SOURCES), key="data_source", format_func=SOURCES.get, horizontal=True)
+    if src == "upload":
+        st.file_uploader("npz file with x_train, y_train (optional y_train_clean, x_test, y_test, class_names)",
+                         type=["npz"], key="data_upload")
+    elif src == "npz":
+        st.text_input("Path of the .npz file", key="data_npz_path", placeholder="/data/my_set.npz")
+    elif src == "torchvision":
+        c1, c2, c3 = st.columns([1, 2, 1])
+        c1.selectbox("Dataset", ["mnist", "fashionmnist", "cifar10", "cifar100", "svhn"], key="data_tv_name")
+        c2.text_input("Root folder", key="data_tv_root", placeholder="/data/torchvision")
+        c3.checkbox("Download if missing", key="data_tv_download")
+    elif src == "imagefolder":
+        st.text_input("Image folder (class sub-folders, optionally under train/ and test/)", key="data_folder_path")
+    c1, c2, c3 = st.columns(3)
+    kind = c1.selectbox("Noise", list(NOISE_KINDS), index=1, key="data_noise_type", format_func=NOISE_KINDS.get)
+    if kind in ("sym", "asym"):
+        c2.slider("Noise rate (%)", 0, 95, 40, step=5, key="data_noise_rate")
+    elif kind == "labels":
+        c2.text_input("Label file", key="data_noise_file", placeholder="CIFAR-10_human.pt#worse_label")
+    c3.number_input("Seed", min_value=0, value=0, step=1, key="data_seed")
+    name = st.text_input("Run name (optional)", key="data_run_name")
+    if st.button("Load data", key="data_load", type="primary"):
+        try:
+            spec, download = spec_from_inputs()
+            noise = noise_from_inputs()
+            seed = int(st.session_state.get("data_seed", 0))
+            from prune_core.data import load_dataset
+            from prune_core.noise import apply_noise
+
+            with st.spinner(f"loading {spec}"):
+                ds = load_dataset(spec, download=download)
+                noisy = apply_noise(ds, noise, seed=seed)
+            label = spec if not spec.startswith("npz:") or src != "upload" else f"upload {st.session_state['data_upload'].name}"
+            new_id = s.create_run({"data": spec, "noise": noisy.spec, "seed": seed, "kind": "data"},
+                                  name=name or f"{label}, {noisy.spec}")
+            J.save_data(s, new_id, ds, noisy, seed)
+            s.update_run(new_id, state="done", message="data loaded")
+            ui.request_run(new_id)
+            st.session_state["data_loaded_msg"] = (f"Loaded {ds.n_train} training examples ({ds.num_classes} classes) "
+                                                   f"with noise {noisy.spec}. Next: Warm-up.")
+            st.rerun()
+        except InputError as e:
+            st.error(str(e))
+
+msg = st.session_state.pop("data_loaded_msg", None)
+if msg:
+    st.success(msg)
+
+if run_id is None or not has_data:
+    if run_id is not None:
+        ui.show_jobs(run_id, key="data_jobs")
+    st.stop()
+
+d = ui.data(run_id)
+info = d.info
+ds = d.ds
+n = ds.n_train
+c = ds.num_classes
+cols = st.columns(5)
+cols[0].metric("Training examples", f"{n:,}")
+cols[1].metric("Test examples", f"{ds.n_test:,}")
+cols[2].metric("Classes", c)
+cols[3].metric("Noise", info.get("noise", "?"))
+rate = info.get("noise_rate")
+cols[4].metric("Labels wrong", "unknown" if rate is None else f"{100 * rate:.1f}% ({info.get('n_noisy')})")
+st.caption(f"Source `{info.get('spec')}` · {info.get('kind')} {tuple(info.get('example_shape', []))}")
+
+st.subheader("Examples")
+c1, c2 = st.columns([1, 1])
+only_noisy = c1.checkbox("Only examples with a wrong label", key="data_only_noisy", disabled=d.is_noisy is None)
+count = c2.slider("How many", 8, 96, 32, step=8, key="data_grid_count")
+rng = np.random.default_rng(0)
+pool = np.flatnonzero(d.is_noisy) if (only_noisy and d.is_noisy is not None) else np.arange(n)
+shown = np.sort(rng.choice(pool, size=min(count, len(pool)), replace=False)) if len(pool) else []
+
+
+def caption(i):
+    given = ui.class_name(d, int(d.y_noisy[i]))
+    if d.y_clean is None:
+        return f"#{i} given {given}"
+    clean = ui.class_name(d, int(d.y_clean[i]))
+    return f"#{i} given {given}" + ("" if given == clean else f" ✗ clean {clean}")
+
+
+ui.image_grid(d, shown, [caption(i) for i in shown])
+
+c1, c2 = st.columns(2)
+with c1:
+    st.subheader("Classes")
+    given = np.bincount(d.y_noisy, minlength=c)
+    fig = go.Figure(go.Bar(x=ds.class_names, y=given, name="given (noisy)"))
+    if d.y_clean is not None:
+        fig.add_trace(go.Bar(x=ds.class_names, y=np.bincount(d.y_clean, minlength=c), name="clean"))
+    fig.update_layout(barmode="group", height=360, margin=dict(l=10, r=10, t=10, b=10),
+                      xaxis_title="class", yaxis_title="examples")
+    st.plotly_chart(fig, key="data_hist")
+with c2:
+    st.subheader("Noise transition matrix")
+    if d.transition is None:
+        st.caption("No ground truth: the transition matrix P(given | clean) is unknown.")
+    else:
+        t = np.asarray(d.transition)
+        fig = go.Figure(go.Heatmap(z=t, x=ds.class_names, y=ds.class_names, colorscale="Blues", zmin=0, zmax=1,
+                                   text=np.round(t, 2), texttemplate="%{text}" if c <= 15 else None,
+                                   hovertemplate="clean %{y} → given %{x}: %{z:.3f}<extra></extra>"))
+        fig.update_layout(height=360, margin=dict(l=10, r=10, t=10, b=10), xaxis_title="given label",
+                          yaxis_title="clean label", yaxis_autorange="reversed")
+        st.plotly_chart(fig, key="data_transition")
+
+with st.expander("Per-class table"):
+    tab = pd.DataFrame({"class": ds.class_names, "given": np.bincount(d.y_noisy, minlength=c)})
+    if d.y_clean is not None:
+        tab["clean"] = np.bincount(d.y_clean, minlength=c)
+        tab["wrong given labels"] = np.bincount(d.y_clean[d.is_noisy], minlength=c)
+    st.dataframe(tab, hide_index=True)
+ui.show_jobs(run_id, key="data_jobs")

@@ -1,0 +1,122 @@
+"""Sweep: methods x keep ratios x seeds, each subset trained by a re-labeling learner (background job)."""
+
+import pandas as pd
+import streamlit as st
+
+from pages import _ui as ui
+from prune_core import jobs as J
+from prune_core.errors import InputError
+from prune_core.selection import budget_for, list_methods
+
+ui.ensure_app_frame(__file__)
+
+st.title("Sweep")
+st.caption("For every method, keep ratio and seed: select the subset, train the re-labeling learner on it, "
+           "measure re-labeling accuracy (against the ground truth) and test accuracy. Per seed the data's "
+           "noise, warm-up and graph are shared by all methods; nested rankings are computed once. The "
+           "training-free predictor (from C(x;S)) is drawn beside the measured curves.")
+
+run_id = ui.need_run()
+d = ui.need_data(run_id)
+s = ui.store()
+
+try:
+    from prune_core import sweep as sweep_module
+    from prune_core.learners import LEARNER_INPUTS, list_learners
+except ImportError as e:  # the sweep module is optional for the rest of the app
+    st.error(f"The sweep module is not available: {e}")
+    st.stop()
+
+methods = list_methods()
+learners = ["none", *list_learners()]
+
+
+def parse_list(text: str, kind, what: str) -> list:
+    out = []
+    for tok in text.replace(",", " ").split():
+        try:
+            out.append(kind(tok))
+        except ValueError:
+            raise InputError(f"{what}: '{tok}' is not a number") from None
+    if not out:
+        raise InputError(f"{what}: give at least one value")
+    return out
+
+
+c1, c2 = st.columns([3, 2])
+default_methods = [m for m in ("prune4rel", "uniform", "small_loss") if m in methods] or methods[:2]
+chosen = c1.multiselect("Methods", methods, default=default_methods, key="sweep_methods")
+ratios_text = c2.text_input("Keep ratios", value="0.2, 0.4, 0.6, 0.8", key="sweep_ratios",
+                            help="fractions of the training set kept, each in (0, 1]")
+c1, c2, c3, c4, c5 = st.columns(5)
+seeds_text = c1.text_input("Seeds", value="0", key="sweep_seeds")
+learner = c2.selectbox("Learner", learners, index=learners.index("ce") if "ce" in learners else 0, key="sweep_learner")
+epochs = c3.number_input("Learner epochs (0 = default)", min_value=0, value=0, step=1, key="sweep_learner_epochs")
+lin = c4.selectbox("Learner input", LEARNER_INPUTS, key="sweep_learner_input",
+                   help="embeddings: a small head on the frozen warm-up embeddings (fast on CPU); images: the full net")
+tau = c5.text_input("tau (number or auto)", value="auto", key="sweep_tau")
+
+start = st.button("Start sweep", key="sweep_start", type="primary")
+if start:
+    try:
+        if not chosen:
+            raise InputError("choose at least one method")
+        ratios = parse_list(ratios_text, float, "keep ratios")
+        for r in ratios:
+            budget = budget_for(r, d.ds.n_train)
+            if budget < 1:
+                raise InputError(f"keep ratio {r} leaves no example")
+        seeds = parse_list(seeds_text, int, "seeds")
+        sweep_module.check_sweep_inputs(chosen, ratios, seeds, learner, int(epochs) or None, lin)
+        from prune_core.graph import _parse_tau
+
+        _parse_tau(tau)
+        params = {"methods": chosen, "ratios": ratios, "seeds": seeds, "learner": learner,
+                  "learner_epochs": int(epochs) or None, "learner_input": lin, "tau": tau.strip()}
+        key = J.sweep_key({**params, "learner_params": {}})
+        ui.submit(run_id, "sweep", J.task_sweep, {**params, "key": key}, key=key)
+        st.session_state["sweep_show"] = key
+        st.rerun()
+    except InputError as e:
+        st.error(str(e))
+
+
+def draw(rows: list, key: str):
+    if not rows:
+        st.caption("No rows yet: the first appears once a warm-up and one fit are done.")
+        return
+    df = pd.DataFrame(rows)
+    figs = sweep_module.sweep_figures(df)
+    if figs:
+        cols = st.columns(len(figs))
+        for col, (metric, fig) in zip(cols, figs.items()):
+            fig.update_layout(height=360, margin=dict(l=10, r=10, t=50, b=10))
+            col.plotly_chart(fig, key=f"{key}_{metric}")
+
+
+def live(job):
+    draw(job.get("metrics") or [], key=f"sweep_live_{job['id']}")
+
+
+active = ui.show_jobs(run_id, kinds=("sweep",), key="sweep_jobs", extra=live)
+
+sweeps = J.list_sweeps(s, run_id)
+if not sweeps:
+    st.stop()
+st.subheader("Results")
+labels = {x["key"]: f"{', '.join(x['methods'])} · ratios {', '.join(f'{r:g}' for r in x['ratios'])} · "
+                    f"seeds {', '.join(map(str, x['seeds']))} · {x['learner']} · {x['state']} ({len(x['rows'])} rows)"
+          for x in sweeps}
+keys = list(labels)
+if st.session_state.get("sweep_show") in keys and st.session_state.get("sweep_pick") != st.session_state["sweep_show"]:
+    st.session_state["sweep_pick"] = st.session_state.pop("sweep_show")
+pick = st.selectbox("Sweep", keys, key="sweep_pick", format_func=labels.get)
+info = next(x for x in sweeps if x["key"] == pick)
+if info.get("error"):
+    st.error(f"sweep {info['state']}: {info['error']} (rows done so far are kept)")
+if not any(j["key"] == pick for j in active):
+    draw(info["rows"], key="sweep_done")
+if info["rows"]:
+    st.dataframe(pd.DataFrame(info["rows"]), hide_index=True, key="sweep_table")
+st.download_button("Download sweep CSV", data=info["csv"].encode(), file_name=f"{run_id}_{pick}.csv",
+                   mime="text/csv", key="sweep_download")

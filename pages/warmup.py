@@ -1,0 +1,108 @@
+"""Warm-up: train on the noisy labels for a few epochs (in the background), live curves."""
+
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+
+from pages import _ui as ui
+from prune_core import jobs as J
+
+ui.ensure_app_frame(__file__)
+
+st.title("Warm-up")
+st.caption("A short cross-entropy training on the noisy labels, stopped before the net memorises them; "
+           "its softmax confidences and penultimate embeddings feed the graph and every selection method.")
+
+run_id = ui.need_run()
+d = ui.need_data(run_id)
+
+from prune_core.models import MODEL_NAMES, resolve_model_name  # noqa: E402
+from prune_core.warmup import DEFAULTS, resolve_device  # noqa: E402
+
+ds = d.ds
+c1, c2, c3, c4, c5 = st.columns(5)
+
+
+def reset_defaults():
+    # A new model brings its own defaults for epochs, learning rate and batch size.
+    for k in ("warmup_epochs", "warmup_lr", "warmup_batch"):
+        st.session_state.pop(k, None)
+
+
+model = c1.selectbox("Model", ["auto", *MODEL_NAMES], key="warmup_model", on_change=reset_defaults)
+try:
+    resolved = resolve_model_name(model, ds.kind, ds.x_train.shape[1:], num_examples=ds.n_train)
+except Exception as e:  # noqa: BLE001 - e.g. a CNN asked for feature vectors
+    st.error(str(e))
+    st.stop()
+if model == "auto":
+    c1.caption(f"auto picks **{resolved}**")
+e0, lr0, b0 = DEFAULTS[resolved]
+for k, v in (("warmup_epochs", e0), ("warmup_lr", lr0), ("warmup_batch", b0)):
+    if k not in st.session_state:
+        st.session_state[k] = v
+epochs = c2.number_input("Epochs", min_value=1, max_value=500, step=1, key="warmup_epochs")
+lr = c3.number_input("Learning rate", min_value=1e-5, max_value=5.0, step=0.01, format="%.4f", key="warmup_lr")
+batch = c4.number_input("Batch size", min_value=2, max_value=4096, step=16, key="warmup_batch")
+device = c5.selectbox("Device", ["auto", "cpu", "cuda", "mps"], key="warmup_device")
+try:
+    picked = resolve_device(device)
+    c5.caption(f"{device} → **{picked}**")
+    device_ok = True
+except Exception as e:  # noqa: BLE001
+    c5.caption(str(e))
+    device_ok = False
+seed = st.number_input("Seed", min_value=0, value=0, step=1, key="warmup_seed")
+
+wu = ui.warmup(run_id)
+if wu is not None:
+    st.caption("A new warm-up replaces this run's warm-up, and with it its graphs, selections and maps "
+               "(kept until the new warm-up has finished).")
+params = {"epochs": int(epochs), "model": model, "lr": float(lr), "batch_size": int(batch), "device": device,
+          "seed": int(seed)}
+if st.button("Start warm-up", key="warmup_start", type="primary", disabled=not device_ok):
+    ui.submit(run_id, "warmup", J.task_warmup, params)
+    st.rerun()
+
+
+def curves(history: list[dict], key: str):
+    if not history:
+        return
+    h = pd.DataFrame(history)
+    c1, c2 = st.columns(2)
+    fig = go.Figure(go.Scatter(x=h["epoch"], y=h["train_loss"], mode="lines+markers", name="train loss"))
+    fig.update_layout(height=280, margin=dict(l=10, r=10, t=30, b=10), title="loss (noisy labels)",
+                      xaxis_title="epoch")
+    c1.plotly_chart(fig, key=f"{key}_loss")
+    fig = go.Figure(go.Scatter(x=h["epoch"], y=h["train_acc"], mode="lines+markers", name="train acc (noisy)"))
+    if "test_acc" in h and h["test_acc"].notna().any():
+        fig.add_trace(go.Scatter(x=h["epoch"], y=h["test_acc"], mode="lines+markers", name="test acc"))
+    fig.update_layout(height=280, margin=dict(l=10, r=10, t=30, b=10), title="accuracy", xaxis_title="epoch",
+                      yaxis_range=[0, 1])
+    c2.plotly_chart(fig, key=f"{key}_acc")
+
+
+def live(job):
+    if job["kind"] in ("warmup", "demo"):
+        curves(job.get("metrics") or [], key=f"live_{job['id']}")
+
+
+active = ui.show_jobs(run_id, kinds=("warmup", "demo"), key="warmup_jobs", extra=live)
+
+if wu is not None and not active:
+    info = wu.info
+    st.subheader("Last warm-up")
+    cols = st.columns(5)
+    cols[0].metric("Model", info["model_name"])
+    cols[1].metric("Device", info["device"])
+    cols[2].metric("Epochs", info["epochs"])
+    cols[3].metric("Test accuracy", "n/a" if info.get("test_acc") is None else f"{info['test_acc']:.3f}")
+    cols[4].metric("Time", f"{info['seconds']:.1f} s")
+    curves(info.get("history") or [], key="warmup_done")
+    if d.is_noisy is not None:
+        import numpy as np
+
+        conf = wu.probs.max(axis=1)
+        st.caption(f"Mean confidence: clean labels {conf[~d.is_noisy].mean():.3f}, wrong labels "
+                   f"{conf[d.is_noisy].mean():.3f} · prediction = clean label on "
+                   f"{(wu.probs.argmax(1) == d.y_clean).mean():.1%} of the training set")
