@@ -54,7 +54,7 @@ with c1:
         st.rerun()
 with c2:
     st.caption("The demo: digits + sym:0.4 noise → warm-up (default epochs) → kNN graph (tau auto) → "
-               "Prune4ReL ranking of all examples → PCA map, then UMAP. About half a minute on a 2-core CPU.")
+               "Prune4ReL ranking of all examples → PCA map, then UMAP. Under a minute on a 2-core CPU.")
 
 run_id = ui.current_run_id()
 if run_id is not None:

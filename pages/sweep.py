@@ -90,7 +90,8 @@ def draw(rows: list, key: str):
     if figs:
         cols = st.columns(len(figs))
         for col, (metric, fig) in zip(cols, figs.items()):
-            fig.update_layout(height=360, margin=dict(l=10, r=10, t=50, b=10))
+            fig.update_layout(height=380, margin=dict(l=10, r=10, t=50, b=10), title_font_size=13,
+                              legend=dict(orientation="h", yanchor="top", y=-0.25, title_text=""))
             col.plotly_chart(fig, key=f"{key}_{metric}")
 
 

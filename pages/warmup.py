@@ -100,8 +100,6 @@ if wu is not None and not active:
     cols[4].metric("Time", f"{info['seconds']:.1f} s")
     curves(info.get("history") or [], key="warmup_done")
     if d.is_noisy is not None:
-        import numpy as np
-
         conf = wu.probs.max(axis=1)
         st.caption(f"Mean confidence: clean labels {conf[~d.is_noisy].mean():.3f}, wrong labels "
                    f"{conf[d.is_noisy].mean():.3f} · prediction = clean label on "

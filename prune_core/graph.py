@@ -8,7 +8,9 @@ cosine k-nearest-neighbour search, or from an exact blockwise range search when 
 
 kNN backends (``search``):
 
-- ``exact``: faiss flat inner product, brute force (the default up to EXACT_SEARCH_MAX_N).
+- ``exact``: brute force, every pair (the default up to EXACT_SEARCH_MAX_N): on the CPU the
+  blocked machinery below with all pairs of row blocks (each pair once, exact fp32 products);
+  on a CUDA machine faiss-gpu or torch (see below).
 - ``blocked`` (the default above that): the examples are clustered into cells of about
   ``cell_size`` points (k-means in a small PCA space of the unit embeddings, so the
   clustering is cheap); each cell is compared with itself and its ``nprobe`` nearest cells
@@ -38,22 +40,24 @@ import scipy.sparse as sp
 
 from .errors import InputError, check_cancel
 
-# Below this many examples the kNN search is exact (faiss flat inner product).
+# Below this many examples the kNN search is exact (every pair; on the GPU when present).
 EXACT_SEARCH_MAX_N = 20_000
 # Rows per block in blockwise searches (tiles are BLOCK_ROWS x BLOCK_ROWS in range search).
 BLOCK_ROWS = 4096
 # Blocked search defaults: points per cell, cells compared with each cell (itself included),
 # dimension of the PCA space the cells are clustered in.
-CELL_SIZE = 256
-CELL_PROBES = 4
+CELL_SIZE = 128
+CELL_PROBES = 8
 CELL_SPACE_DIM = 32
 # Rows per block when normalising / projecting (bounds temporaries to ~32 MB at D = 512).
 _ROW_BLOCK = 16384
 # Threads computing similarity blocks in the blocked search (the calling thread merges).
 _BLOCK_WORKERS = 1
-# Exact CPU search: rows per block and columns per product (a 1024 x 8192 fp32 tile = 32 MB).
+# Exact CPU search: rows per block. Blocked/exact products are tiles of at most
+# _TILE_ROWS x _TILE_COLUMNS (64 MB in fp32).
 _EXACT_BLOCK = 1024
-_EXACT_COLUMNS = 8192
+_TILE_ROWS = 2048
+_TILE_COLUMNS = 8192
 # faiss GPU k-selection limit.
 _FAISS_GPU_MAX_K = 2048
 
@@ -508,30 +512,39 @@ def _blocked_heaps(z, k, cell_size, nprobe, seed, inplace, progress=None, cancel
     hs = np.full((n, k), -np.inf, dtype=np.float32)
     hi = np.full((n, k), -1, dtype=np.int32)
     nlist = len(offsets) - 1
-    # Pass 1, each cell with itself: the heaps start from the nearest candidates, so fewer
-    # insertions happen (and are undone) in pass 2, each cell with its partner cells (or,
-    # exhaustive, with all later rows in column chunks of bounded size).
-    tasks = [(c, None) for c in range(nlist) if offsets[c + 1] > offsets[c]]
+    # Pass 1, each cell with itself (row side only): the heaps start from the nearest
+    # candidates, so fewer insertions happen (and are undone) in pass 2, each cell with its
+    # partner cells (exhaustive: with all later rows), where both sides are updated. Tasks
+    # are tiles of at most _TILE_ROWS x _TILE_COLUMNS, so memory stays bounded even for a
+    # huge cell (e.g. thousands of duplicate points that k-means cannot split).
+    tasks = []
     for c in range(nlist):
-        if offsets[c + 1] == offsets[c]:
-            continue
+        a0, a1 = int(offsets[c]), int(offsets[c + 1])
+        for r0 in range(a0, a1, _TILE_ROWS):
+            for lo in range(a0, a1, _TILE_COLUMNS):
+                tasks.append((r0, min(a1, r0 + _TILE_ROWS), "own", lo, min(a1, lo + _TILE_COLUMNS), c))
+    for c in range(nlist):
+        a0, a1 = int(offsets[c]), int(offsets[c + 1])
         if exhaustive:
-            tasks += [(c, (lo, min(n, lo + _EXACT_COLUMNS)))
-                      for lo in range(int(offsets[c + 1]), n, _EXACT_COLUMNS)]
+            kind, first, total = "range", a1, n
         elif pptr[c + 1] > pptr[c]:
-            tasks.append((c, "partners"))
+            others = partners[pptr[c] : pptr[c + 1]]
+            kind, first, total = "partners", 0, int((offsets[others + 1] - offsets[others]).sum())
+        else:
+            continue
+        for r0 in range(a0, a1, _TILE_ROWS):
+            for lo in range(first, total, _TILE_COLUMNS):
+                tasks.append((r0, min(a1, r0 + _TILE_ROWS), kind, lo, min(total, lo + _TILE_COLUMNS), c))
 
     def block(task):
-        c, cross = task
-        a0, a1 = offsets[c], offsets[c + 1]
-        if cross is None:
-            return a0, np.arange(a0, a1), a1 - a0, zs[a0:a1] @ zs[a0:a1].T
-        if exhaustive:
-            lo, hi_ = cross
-            return a0, np.arange(lo, hi_), 0, zs[a0:a1] @ zs[lo:hi_].T
+        r0, r1, kind, lo, hi_, c = task
+        if kind == "own":
+            return r0, np.arange(lo, hi_), hi_ - lo, zs[r0:r1] @ zs[lo:hi_].T
+        if kind == "range":
+            return r0, np.arange(lo, hi_), 0, zs[r0:r1] @ zs[lo:hi_].T
         others = partners[pptr[c] : pptr[c + 1]]
-        cols = np.concatenate([np.arange(offsets[b], offsets[b + 1]) for b in others])
-        return a0, cols, 0, zs[a0:a1] @ zs[cols].T
+        cols = np.concatenate([np.arange(offsets[b], offsets[b + 1]) for b in others])[lo:hi_]
+        return r0, cols, 0, zs[r0:r1] @ zs[cols].T
 
     done: dict = {}
     cond = threading.Condition()
@@ -570,9 +583,9 @@ def _blocked_heaps(z, k, cell_size, nprobe, seed, inplace, progress=None, cancel
                     cond.notify_all()
                 if isinstance(item, BaseException):
                     raise item
-                a0, cols, c0, sim = item
+                r0, cols, c0, sim = item
                 # Blocks are merged in task order, so the result does not depend on timing.
-                _update_heaps(sim, a0, cols, c0, hs, hi)
+                _update_heaps(sim, r0, cols, c0, hs, hi)
                 del item, sim
                 if t % report == 0:
                     check_cancel(cancel)

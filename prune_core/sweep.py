@@ -215,6 +215,13 @@ def graph_purity(graph, y_clean) -> float | None:
     return float((y[coo.row[off]] == y[coo.col[off]]).mean())
 
 
+def _restore_torch_threads(n: int) -> None:
+    import torch
+
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+
+
 def run_sweep(
     config_base,
     methods,
@@ -292,6 +299,12 @@ def run_sweep(
         done_units += k
         report("sweep", done_units / total_units, message)
 
+    # build_graph limits OpenMP/BLAS threads with threadpoolctl, and leaving that context can
+    # reset torch's intra-op thread count to the OpenMP default: keep the caller's setting
+    # (on a busy machine 2 spinning threads made the small learners 10x slower).
+    import torch
+
+    torch_threads = torch.get_num_threads()
     report("load", 0.0, f"loading {config.data}")
     ds = load_dataset(config.data, download=config.download)
     rows: list[dict] = []
@@ -315,6 +328,7 @@ def run_sweep(
                 graphs[key] = build_graph(wu.embeddings, k=k, tau=tau, search=config.search,
                                           pca_dim=config.pca_dim, seed=seed, return_info=True,
                                           progress=lambda f, m="", x=None: report("graph", f, m, x), cancel=cancel)
+                _restore_torch_threads(torch_threads)
             return graphs[key]
 
         graph, ginfo = graph_for(config.tau)

@@ -163,9 +163,17 @@ def test_demo_flow_in_a_real_browser(app_server, browser_page, screenshot_on_fai
     shot(page, "select")
 
     # Download the selection CSV: one row per training example, the kept ones marked.
-    with page.expect_download() as download:
-        page.get_by_role("button", name="Download selection CSV").click()
-    text = Path(download.value.path()).read_text()
+    text = None
+    for _ in range(3):  # a rerun can replace the file URL mid-click; the retry gets the new one
+        wait_for_app_idle(page)
+        try:
+            with page.expect_download() as download:
+                page.get_by_role("button", name="Download selection CSV").click()
+            text = Path(download.value.path()).read_text()
+            break
+        except sync_api.Error:
+            page.wait_for_timeout(1000)
+    assert text is not None, "the selection CSV download failed three times"
     rows = list(csv.DictReader(io.StringIO(text)))
     n = 1437  # digits training split
     assert len(rows) == n
@@ -197,8 +205,9 @@ def test_demo_flow_in_a_real_browser(app_server, browser_page, screenshot_on_fai
                    const out = [];
                    gd._fullData.forEach(t => (t.selectedpoints || []).forEach(i => out.push(t.customdata[i][0])));
                    return out; }""")
-    captions = page.get_by_text(re.compile(r"^#\d+ given")).all_inner_texts()
-    shown = sorted(int(c.split()[0][1:]) for c in captions)
+    page.locator('[data-testid="stImageCaption"]').first.wait_for()
+    captions = page.locator('[data-testid="stImageCaption"]').all_inner_texts()
+    shown = sorted(int(re.match(r"\s*#(\d+)", c).group(1)) for c in captions)
     assert len(shown) == min(count, 60)
     if selected:  # plotly keeps the selection on the trace after the rerun
         assert len(selected) == count

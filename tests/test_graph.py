@@ -343,3 +343,19 @@ def test_normalize_embeddings_copies_and_handles_zero_rows():
     assert u.dtype == np.float32
     np.testing.assert_allclose(normalize_embeddings(np.array([[1, 1], [2, 0]], dtype=np.int64)),
                                [[2**-0.5, 2**-0.5], [1, 0]], atol=1e-7)
+
+
+def test_blocked_search_tiles_huge_cells(monkeypatch):
+    """Many duplicates land in one cell k-means cannot split; products are tiled (bounded
+    memory) and the result still equals the exhaustive search's similarities."""
+    monkeypatch.setattr(graph_mod, "_TILE_ROWS", 64)
+    monkeypatch.setattr(graph_mod, "_TILE_COLUMNS", 96)
+    rng = np.random.default_rng(17)
+    z = np.concatenate([np.tile(rng.normal(size=(1, 12)), (700, 1)), clustered(n=800, d=12, seed=17)])
+    z = z.astype(np.float32)
+    u = normalize_embeddings(z)
+    _, cos = graph_mod.blocked_knn(u, 10, cell_size=50, nprobe=10**6)
+    _, bcos = brute_knn(u, 10)
+    np.testing.assert_allclose(cos, bcos, atol=1e-5)
+    _, cos_exact, _ = knn_search(u, 10, search="exact")
+    np.testing.assert_allclose(cos_exact, bcos, atol=1e-5)
