@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -24,8 +23,6 @@ import streamlit as st  # noqa: E402
 from prune_core import jobs as J  # noqa: E402
 from prune_core.errors import InputError  # noqa: E402
 from prune_core.runstore import RunStore, default_workspace  # noqa: E402
-
-MAX_MAP_POINTS_HOVER = 200_000
 
 
 # --------------------------------------------------------------------------- page frame
@@ -484,6 +481,3 @@ def parse_indices(text: str, n: int) -> list[int]:
         raise InputError(f"index {bad[0]} is out of range: there are {n} examples (0..{n - 1})")
     return sorted(out)
 
-
-def elapsed(t0: float) -> str:
-    return f"{time.perf_counter() - t0:.2f} s"

@@ -15,6 +15,7 @@ Flat public API (DESIGN 4.4)::
 from .data import Dataset, load_dataset
 from .errors import Cancelled, InputError
 from .graph import build_graph
+from .label_errors import find_label_issues
 from .noise import apply_noise, inject_noise, parse_noise_spec
 from .scores import confidence
 from .selection import Selection, list_methods, select
@@ -26,5 +27,5 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Cancelled", "Dataset", "InputError", "Selection", "WarmupResult", "apply_noise", "build_graph",
-    "confidence", "inject_noise", "list_methods", "load_dataset", "parse_noise_spec", "select", "warmup",
+    "confidence", "find_label_issues", "inject_noise", "list_methods", "load_dataset", "parse_noise_spec", "select", "warmup",
 ]
