@@ -7,10 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
-import os
 import platform
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +17,7 @@ import numpy as np
 from .errors import InputError, check_cancel
 from .graph import build_graph
 from .metrics import selection_metrics
+from .runstore import atomic_write_bytes, atomic_write_json  # noqa: F401  (re-exported)
 from .scores import confidence as confidence_of
 from .selection import get_method, select
 
@@ -161,35 +159,6 @@ def _library_versions() -> dict:
         "scipy": scipy.__version__, "scikit-learn": sklearn.__version__, "torch": torch.__version__,
         "faiss": faiss.__version__, "numba": numba.__version__,
     }
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temporary file in the same folder, then rename: never a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_json(path: Path, obj) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, default=_json_default) + "\n").encode())
-
-
-def _json_default(o):
-    if isinstance(o, np.integer):
-        return int(o)
-    if isinstance(o, np.floating):
-        return float(o)
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    raise TypeError(f"not JSON serialisable: {type(o)}")
 
 
 def selection_table(result: RunResult):
