@@ -22,12 +22,14 @@ Two kinds of input (`input`):
   has no crops or flips, so the views are: weak = gaussian noise with std `weak_noise` (in
   standardised units); strong = gaussian noise with std `strong_noise` plus dropout of
   `strong_dropout` of the coordinates (inverted-dropout scaling). SOP+'s consistency term
-  and DivideMix's two views use these.
+  and DivideMix's two views use these. Caveat: the warm-up that made the embeddings saw the
+  whole training set, so the fast mode keeps information about the pruned examples and
+  understates the differences between selections (docs/results.md measures both modes).
 
 `learner_inputs(ds, wu, input="auto")` picks the arrays: "auto" means embeddings on a CPU
 (or MPS) device and images on CUDA.
 
-Recipes (see docs/learners section in the module functions):
+Recipes:
 
 - ``ce``: cross-entropy on the noisy labels with weak augmentation.
 - ``sop``: SOP+ (Liu et al. 2022, as used by Prune4ReL): per-example u (N,1) and v (N,C),
@@ -132,7 +134,9 @@ class LearnerInfo:
 
 _LEARNERS: dict[str, LearnerInfo] = {}
 
-# Hyper-parameters every learner takes, fast mode / images.
+# Hyper-parameters every learner takes (fast mode; `hidden` is the head's width and the
+# noise/dropout entries the embedding views, both unused on images). Chosen on the bundled
+# digits: lr 0.02 (the paper's) for every learner, 40 epochs.
 _COMMON = {"epochs": 40, "lr": 0.02, "batch_size": 128, "weight_decay": 5e-4, "hidden": HEAD_HIDDEN,
            "weak_noise": 0.1, "strong_noise": 0.4, "strong_dropout": 0.2}
 _COMMON_IMAGES = {"epochs": 100}

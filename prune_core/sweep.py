@@ -38,7 +38,6 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
-import math
 import sys
 import time
 from dataclasses import dataclass
@@ -450,12 +449,18 @@ def _method_colors(methods) -> dict:
 _DASHES = ["solid", "dash", "dot", "dashdot"]
 
 
-def _lines(summary):
+# Metrics of the selection alone: the same for every learner, plotted once per method.
+LEARNER_FREE = {"predicted_relabel", "noise_in_subset"}
+
+
+def _lines(summary, metric):
     """(name, method, learner index, part) per plotted line: one per method, or per
-    (method, learner) when the sweep has several learners."""
+    (method, learner) when the sweep has several learners and the metric depends on it."""
     learners = list(summary["learner"].unique())
+    if metric in LEARNER_FREE:
+        summary = summary[summary["learner"] == learners[0]]
     for (method, learner), part in summary.groupby(["method", "learner"], sort=False):
-        name = method if len(learners) == 1 else f"{method} ({learner})"
+        name = method if len(learners) == 1 or metric in LEARNER_FREE else f"{method} ({learner})"
         yield name, method, learners.index(learner), part.sort_values("keep_ratio")
 
 
@@ -463,7 +468,7 @@ def _curve_traces(summary, metric, colors, show_legend=True):
     import plotly.graph_objects as go
 
     traces = []
-    for name, method, li, part in _lines(summary):
+    for name, method, li, part in _lines(summary, metric):
         mean = part[f"{metric}_mean"]
         std = part[f"{metric}_std"].fillna(0.0)
         if mean.isna().all():
@@ -532,7 +537,7 @@ def sweep_png(df, path, title: str | None = None) -> None:
     fig, axes = plt.subplots(1, ncols, figsize=(4.6 * ncols, 3.8), squeeze=False)
     colors = _method_colors(summary["method"].unique()) if metrics else {}
     for ax, metric in zip(axes[0], metrics):
-        for name, method, li, part in _lines(summary):
+        for name, method, li, part in _lines(summary, metric):
             mean = part[f"{metric}_mean"].to_numpy(dtype=float)
             if np.isnan(mean).all():
                 continue
@@ -544,13 +549,14 @@ def sweep_png(df, path, title: str | None = None) -> None:
         ax.set_title(CURVE_METRICS[metric], fontsize=9)
         ax.set_xlabel("keep ratio")
         ax.grid(alpha=0.3)
-    if metrics:
-        axes[0][0].legend(fontsize=7, loc="best")
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
+    if metrics:  # one legend for all panels, outside on the right
+        handles, labels = axes[0][0].get_legend_handles_labels()
+        fig.legend(handles, labels, fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120)
+    fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
     plt.close(fig)
     from .pipeline import atomic_write_bytes
 
