@@ -66,21 +66,21 @@ def wait_jobs(store, rid, kind, timeout=120, at_least=1):
     raise AssertionError(f"{kind} jobs still running after {timeout} s: {store.list_jobs(run_id=rid, kind=kind)}")
 
 
-def reopen(at, values: dict):
-    """Rerun after a background job ended, with these widget values (key -> value).
+def reopen(rid, page: str, values: dict):
+    """A fresh session on `page` after a background job ended, with these widget values (key -> value).
 
-    AppTest sometimes drops the page's widget values in the run after one that showed a
-    polling fragment (a job was active then); the real app keeps them. Setting them again
-    keeps the check about the page, not about that quirk.
+    A fresh AppTest, not another run of the old one: AppTest sometimes drops or keeps stale
+    widget values in the run after one that showed a polling fragment (a job was active then),
+    which the real app does not do. Reopening keeps the check about the page, not that quirk.
     """
-    at.run()
+    at = open_app(rid, page)
     for key, value in values.items():
         widget = at.get_by_key(key)
         if widget.type == "text_input":
             widget.input(value)
         else:
             widget.set_value(value)
-    at.run()
+        at.run()
     assert not at.exception, [e.value for e in at.exception]
     return at
 
@@ -154,7 +154,7 @@ def test_select_bad_tau_shows_one_error_and_keeps_results(ws):
     n_jobs = len(store.list_jobs(run_id=rid, kind="select"))
     at.button(key="select_run").click().run()
     wait_jobs(store, rid, "select", at_least=n_jobs + 1)
-    at = reopen(at, {"select_tau": "0.9999"})
+    at = reopen(rid, "pages/select.py", {"select_tau": "0.9999"})
     assert len(at.error) == 1 and "leaves no example any neighbour" in at.error[0].value, [e.value for e in at.error]
     # Earlier results stay on screen.
     assert metric(at, "Kept examples") == f"{round(0.5 * N):,}"
@@ -172,7 +172,7 @@ def test_select_compare_with_uniform(ws):
     at.button(key="select_compare_run").click().run()
     jobs = wait_jobs(store, rid, "select", at_least=n_jobs + 1)
     assert jobs[0]["state"] == "done", jobs[0]
-    at = reopen(at, {"select_keep": 50, "select_compare": "uniform"})
+    at = reopen(rid, "pages/select.py", {"select_keep": 50, "select_compare": "uniform"})
     overlap = int(metric(at, "Overlap").replace(",", ""))
     assert 0 < overlap < round(0.5 * N)
     at.selectbox(key="select_compare").set_value("(none)").run()
