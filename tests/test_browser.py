@@ -10,46 +10,18 @@ import io
 import json
 import os
 import re
-import shutil
-import socket
 import sqlite3
-import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from browser_kit import CHROMIUM, FIRST_PLOT_TITLE_JS, ROOT
+from browser_kit import app_server as start_app_server
+from browser_kit import browser_page as open_browser_page
+
 ARTIFACTS = ROOT / "tests" / "artifacts"
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 sync_api = pytest.importorskip("playwright.sync_api")
-
-# Chromium as root, with the machine's closed network: no sandbox, no background traffic.
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--disable-dev-shm-usage"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_healthy(url: str, proc, timeout: float = 120) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"streamlit exited with {proc.returncode}")
-        try:
-            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
-                if r.read().strip() == b"ok":
-                    return
-        except OSError:
-            time.sleep(0.5)
-    raise TimeoutError("streamlit did not become healthy")
 
 
 @pytest.fixture(scope="module")
@@ -57,38 +29,14 @@ def app_server(tmp_path_factory):
     if not os.path.exists(CHROMIUM):
         pytest.skip("Debian's chromium is not installed (scripts/test.sh installs it)")
     workspace = tmp_path_factory.mktemp("workspace")
-    port = free_port()
-    env = {**os.environ, "PRUNE4REL_WORKSPACE": str(workspace), "PRUNE4REL_AUTODEMO": "0",
-           "PYTHONPATH": str(ROOT), "NUMBA_CACHE_DIR": os.environ.get("NUMBA_CACHE_DIR", str(ROOT / ".numba_cache"))}
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    log = open(ARTIFACTS / "streamlit.log", "w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
-         "--server.port", str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_healthy(url, proc)
+    with start_app_server(workspace, ARTIFACTS / "streamlit.log") as url:
         yield url, workspace
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
 
 
 @pytest.fixture(scope="module")
 def browser_page(app_server):
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        context = browser.new_context(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
-        page = context.new_page()
-        page.set_default_timeout(60_000)
+    with sync_api.sync_playwright() as p, open_browser_page(p) as page:
         yield page
-        context.close()
-        browser.close()
 
 
 def shot(page, name: str) -> None:
@@ -143,6 +91,9 @@ def test_demo_flow_in_a_real_browser(app_server, browser_page, screenshot_on_fai
         time.sleep(1)
     assert jobs(workspace, "demo")[0][1] == "done", jobs(workspace, "demo")
     assert len(jobs(workspace, "demo")) == 1
+    # UMAP (its own job) replaces the PCA map on the same page when it is ready.
+    page.wait_for_function(f"() => ({FIRST_PLOT_TITLE_JS})().startsWith('UMAP map')", timeout=300_000)
+    timings["umap_map_seconds"] = round(time.time() - started, 1)
     shot(page, "home")
 
     # Select: move the keep-ratio slider; the label and the kept count follow.
