@@ -74,3 +74,37 @@ def test_failure_falls_back_to_pca():
         umap_2d(z, bad_ids, np.ones((100, 4)), fallback=False)
     tiny, info = umap_2d(z[:3], return_info=True)
     assert tiny.shape == (3, 2) and info["method"].startswith("pca")
+
+
+UMAP_IN_A_FRESH_PROCESS = """
+import json, numpy as np
+from prune_core.projection import knn_for_umap, umap_2d
+import umap.umap_ as U
+z = np.random.default_rng(0).normal(size=(200, 8)).astype(np.float32)
+ids, dists = knn_for_umap(z, 15)
+coords, info = umap_2d(z, ids, dists, return_info=True)
+stats = U.smooth_knn_dist.stats
+print(json.dumps({"method": info["method"], "hits": sum(stats.cache_hits.values()),
+                  "misses": sum(stats.cache_misses.values())}))
+"""
+
+
+def test_umap_kernels_are_cached_across_processes(tmp_path):
+    """umap-learn's own uncached kernels compile once per machine, not once per server process."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root), "NUMBA_CACHE_DIR": default_numba_cache_dir()}
+    runs = []
+    for _ in range(2):
+        res = subprocess.run([sys.executable, "-c", UMAP_IN_A_FRESH_PROCESS], env=env, cwd=root,
+                             capture_output=True, text=True, timeout=600)
+        assert res.returncode == 0, res.stderr[-2000:]
+        runs.append(json.loads(res.stdout.strip().splitlines()[-1]))
+    assert all(r["method"] == "umap" for r in runs), runs
+    # The second process loads smooth_knn_dist (uncached in umap-learn) from the cache.
+    assert runs[1]["hits"] >= 1 and runs[1]["misses"] == 0, runs
