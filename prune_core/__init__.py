@@ -12,13 +12,21 @@ Flat public API (DESIGN 4.4)::
     pc.list_methods()
 """
 
-from .data import Dataset, load_dataset
-from .errors import Cancelled, InputError
-from .graph import build_graph
-from .label_errors import find_label_issues
-from .noise import apply_noise, inject_noise, parse_noise_spec
-from .scores import confidence
-from .selection import Selection, list_methods, select
+import os as _os
+
+# OpenMP threads that spin at their barriers stall when other processes share the cores: the
+# digits warm-up (2 torch threads on 2 cores) took 114 s instead of 5 s next to two busy
+# processes. Passive waiting costs about 1 s of 3 on an idle machine. A default only, read
+# when torch loads OpenMP: set OMP_WAIT_POLICY yourself (before importing torch) to choose.
+_os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from .data import Dataset, load_dataset  # noqa: E402
+from .errors import Cancelled, InputError  # noqa: E402
+from .graph import build_graph  # noqa: E402
+from .label_errors import find_label_issues  # noqa: E402
+from .noise import apply_noise, inject_noise, parse_noise_spec  # noqa: E402
+from .scores import confidence  # noqa: E402
+from .selection import Selection, list_methods, select  # noqa: E402
 
 # Bound after `.data`/`.noise` so the name `warmup` is the function, not the submodule.
 from .warmup import WarmupResult, warmup  # noqa: E402

@@ -297,3 +297,20 @@ def test_random_shift_is_a_crop_of_the_padded_batch():
     erased = random_erase(x, gen)
     holes = (erased == 0).all(1).sum(dim=(1, 2))  # per image, pixels zeroed in every channel
     assert ((holes > 0) & (holes <= 16)).all()  # a 4x4 square (half of 8 px), clipped at borders
+
+
+def test_import_sets_passive_openmp_wait_unless_user_chose():
+    # Spinning OpenMP barriers made the warm-up 18x slower next to busy processes
+    # (bench/warmup_contention.py); the package must default to passive waiting.
+    import os
+    import subprocess
+    import sys
+
+    probe = "import os, prune_core; print(os.environ['OMP_WAIT_POLICY'])"
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "PASSIVE"
+    env["OMP_WAIT_POLICY"] = "ACTIVE"
+    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True)
+    assert out.stdout.strip() == "ACTIVE"
