@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing as mp
 import os
 import statistics
 import subprocess
@@ -33,6 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # run from anywhere
 
+from _fresh import busy_processes, run_fresh  # noqa: E402
 from browser_kit import CHROMIUM, FIRST_PLOT_TITLE_JS, app_server, browser_page  # noqa: E402
 
 LIBRARY_PATH = r"""
@@ -55,18 +55,8 @@ print(json.dumps(out))
 """
 
 
-def busy_loop():
-    while True:
-        pass
-
-
 def library_try(cache_dir: str) -> dict:
-    env = {**os.environ, "NUMBA_CACHE_DIR": cache_dir, "PYTHONPATH": str(ROOT)}
-    res = subprocess.run([sys.executable, "-c", LIBRARY_PATH], env=env, cwd=ROOT, capture_output=True,
-                         text=True, timeout=900)
-    if res.returncode != 0:
-        raise RuntimeError(res.stderr[-2000:])
-    return json.loads(res.stdout.strip().splitlines()[-1])
+    return run_fresh(LIBRARY_PATH, {"NUMBA_CACHE_DIR": cache_dir}, timeout=900)
 
 
 def browser_try(cache_dir: str, log_dir: Path) -> dict:
@@ -111,11 +101,8 @@ def main():
         subprocess.run([sys.executable, "-m", "prune_core.warm_cache"], check=True, cwd=ROOT,
                        env={**os.environ, "NUMBA_CACHE_DIR": warm_dir, "PYTHONPATH": str(ROOT)})
         setup_s = time.perf_counter() - t
-    hogs = [mp.Process(target=busy_loop, daemon=True) for _ in range(args.busy)]
-    for h in hogs:
-        h.start()
     rows = []
-    try:
+    with busy_processes(args.busy):
         for state in args.cache.split(","):
             for r in range(args.repeats):
                 for where in ("library", "browser"):
@@ -126,9 +113,6 @@ def main():
                     rows.append(row)
                     print(json.dumps({k: (round(v, 1) if isinstance(v, float) else v) for k, v in row.items()}),
                           flush=True)
-    finally:
-        for h in hogs:
-            h.terminate()
 
     print(f"\ncpu cores: {os.cpu_count()}, busy processes: {args.busy}, load avg at end: "
           f"{', '.join(f'{x:.1f}' for x in os.getloadavg())}")

@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing as mp
 import os
 import statistics
-import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # run from anywhere
+
+from _fresh import busy_processes, run_fresh  # noqa: E402
 
 ONE_WARMUP = """
 import json, time
@@ -34,18 +34,8 @@ print(json.dumps({"seconds": time.perf_counter() - t, "test_acc": wu.test_acc, "
 """
 
 
-def busy_loop():
-    while True:
-        pass
-
-
 def one_try(policy: str) -> dict:
-    env = {**os.environ, "OMP_WAIT_POLICY": policy, "PYTHONPATH": str(ROOT)}
-    res = subprocess.run([sys.executable, "-c", ONE_WARMUP], env=env, cwd=ROOT, capture_output=True, text=True,
-                         timeout=1200)
-    if res.returncode != 0:
-        raise RuntimeError(res.stderr[-2000:])
-    return json.loads(res.stdout.strip().splitlines()[-1])
+    return run_fresh(ONE_WARMUP, {"OMP_WAIT_POLICY": policy}, timeout=1200)
 
 
 def main():
@@ -55,19 +45,13 @@ def main():
     args = ap.parse_args()
     results = {}
     for busy in [int(b) for b in args.busy.split(",")]:
-        hogs = [mp.Process(target=busy_loop, daemon=True) for _ in range(busy)]
-        for h in hogs:
-            h.start()
-        try:
+        with busy_processes(busy):
             for r in range(args.repeats):
                 for policy in ("PASSIVE", "ACTIVE"):
                     got = one_try(policy)
                     results.setdefault((busy, policy), []).append(got["seconds"])
                     print(json.dumps({"busy": busy, "policy": policy, "try": r + 1,
                                       **{k: round(v, 3) for k, v in got.items()}}), flush=True)
-        finally:
-            for h in hogs:
-                h.terminate()
     print(f"\ncpu cores: {os.cpu_count()}")
     print("| busy processes | OMP_WAIT_POLICY | warm-up s min / median / max |")
     print("|---|---|---|")

@@ -9,7 +9,8 @@ the neighbour graph uses), passed as umap-learn's ``precomputed_knn``. umap-lear
 kernels are numba-compiled; numba keeps the compiled code under ``NUMBA_CACHE_DIR``
 (scripts/setup.sh sets ``.numba_cache`` and fills it once with ``python -m
 prune_core.warm_cache``), with caching turned on for umap-learn's own uncached kernels too
-(`import_umap`), so only the first map on a machine pays for the compilation. Any failure inside UMAP falls back to the PCA map (``info["method"]`` says which).
+(`import_umap`), so only the first map on a machine pays for the compilation. Any failure
+inside UMAP falls back to the PCA map (``info["method"]`` says which).
 """
 
 from __future__ import annotations

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from .projection import default_numba_cache_dir
 
+
 def warm_numba_cache(log=print) -> dict:
     """Run the demo's job path once on digits; returns {stage: seconds, "cache_dir": path}."""
     cache_dir = default_numba_cache_dir()

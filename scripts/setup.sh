@@ -27,7 +27,8 @@ export NUMBA_CACHE_DIR="${NUMBA_CACHE_DIR:-$ROOT/.numba_cache}"
 mkdir -p "$NUMBA_CACHE_DIR"
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 # OpenMP threads sleep instead of spinning while they wait: on shared cores spinning made
-# the warm-up 20x slower (see prune_core/__init__.py).
+# the warm-up 18x slower. `import prune_core` sets the same default; this also covers
+# processes that load torch before prune_core (test modules, scripts).
 export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"
 # Fill that cache once (about 35 s on 2 cores), so the demo's first UMAP map does not wait for
 # the compiler; again whenever the requirements or a module holding numba kernels change.

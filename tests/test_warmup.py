@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
 from types import SimpleNamespace
@@ -302,10 +305,6 @@ def test_random_shift_is_a_crop_of_the_padded_batch():
 def test_import_sets_passive_openmp_wait_unless_user_chose():
     # Spinning OpenMP barriers made the warm-up 18x slower next to busy processes
     # (bench/warmup_contention.py); the package must default to passive waiting.
-    import os
-    import subprocess
-    import sys
-
     probe = "import os, prune_core; print(os.environ['OMP_WAIT_POLICY'])"
     env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
     out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True)
