@@ -11,10 +11,11 @@ from prune_core.selection import budget_for, list_methods
 ui.ensure_app_frame(__file__)
 
 st.title("Sweep")
-st.caption("For every method, keep ratio and seed: select the subset, train the re-labeling learner on it, "
-           "measure re-labeling accuracy (against the ground truth) and test accuracy. Per seed the data's "
-           "noise, warm-up and graph are shared by all methods; nested rankings are computed once. The "
-           "training-free predictor (from C(x;S)) is drawn beside the measured curves.")
+st.caption("For every method, keep ratio and seed: select the subset, train the re-labeling learner from "
+           "scratch on the kept examples only, measure re-labeling accuracy (against the ground truth) and test "
+           "accuracy. The dashed line is the accuracy of the given labels: a curve below it means re-labeling "
+           "made the labels worse. Per seed the noise, warm-up and graph are shared by all methods (the run's "
+           "own seed reuses the run's warm-up and graph); fits run in one worker process per core.")
 
 run_id = ui.need_run()
 d = ui.need_data(run_id)
@@ -53,7 +54,9 @@ seeds_text = c1.text_input("Seeds", value="0", key="sweep_seeds")
 learner = c2.selectbox("Learner", learners, index=learners.index("ce") if "ce" in learners else 0, key="sweep_learner")
 epochs = c3.number_input("Learner epochs (0 = default)", min_value=0, value=0, step=1, key="sweep_learner_epochs")
 lin = c4.selectbox("Learner input", LEARNER_INPUTS, key="sweep_learner_input",
-                   help="embeddings: a small head on the frozen warm-up embeddings (fast on CPU); images: the full net")
+                   help="from-scratch: a fresh network trained on the kept examples only (the paper's protocol). "
+                        "frozen-features: a head on the warm-up embeddings, which were trained on ALL examples, "
+                        "pruned ones included (fast, but it hides differences between subsets)")
 tau = c5.text_input("tau (number or auto)", value="auto", key="sweep_tau")
 
 start = st.button("Start sweep", key="sweep_start", type="primary")
@@ -86,6 +89,16 @@ def draw(rows: list, key: str):
         st.caption("No rows yet: the first appears once a warm-up and one fit are done.")
         return
     df = pd.DataFrame(rows)
+    caveat = sweep_module.sweep_caveat(df)
+    if caveat:
+        st.warning(caveat, icon=":material/warning:")
+    worse = sweep_module.relabel_worse_than_given(df)
+    if worse:
+        w = worse[0]
+        where = ", ".join(sorted({f"{x['method']} ({x['learner']}) at keep {x['keep_ratio']:.0%}" for x in worse[:4]}))
+        more = f" and {len(worse) - 4} more" if len(worse) > 4 else ""
+        st.warning(f"Re-labeling made the labels worse than the given labels in {len(worse)} case(s): {where}{more} "
+                   f"(worst: {w['gain']:+.1%} accuracy).", icon=":material/trending_down:")
     figs = sweep_module.sweep_figures(df)
     if figs:
         cols = st.columns(len(figs))

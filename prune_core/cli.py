@@ -91,11 +91,15 @@ def build_parser() -> argparse.ArgumentParser:
                             "(none: selection only, accuracy columns empty); a comma-separated list such as "
                             "sop,ce trains each subset with each learner (default sop)")
     sweep.add_argument("--learner-epochs", type=int, default=None,
-                       help="learner epochs (default per learner: 40 on embeddings (dividemix 30), 100 on images)")
-    sweep.add_argument("--learner-input", default="auto",
-                       help="auto | embeddings | images: a small head on the frozen warm-up embeddings (fast, "
-                            "CPU) or the full network on the images (the paper's protocol, GPU); "
-                            "auto = images on CUDA, embeddings otherwise (default auto)")
+                       help="learner epochs (default per learner and input, see `python -m prune_core methods`)")
+    sweep.add_argument("--learner-input", default="from-scratch",
+                       help="from-scratch | frozen-features: a fresh network trained on the kept examples only "
+                            "(the paper's protocol; default) or a head on the frozen warm-up embeddings, which "
+                            "were trained on ALL examples, pruned ones included (fast, but it understates the "
+                            "differences between subsets)")
+    sweep.add_argument("--workers", type=int, default=1,
+                       help="learner fits in this many worker processes, torch threads split between them "
+                            "(default 1: in this process)")
     sweep.add_argument("--out", required=True,
                        help="output folder: results.csv, curves.html, curves.png, sweep.json")
     sweep.add_argument("--quiet", action="store_true", help="no progress lines on stderr")

@@ -23,6 +23,7 @@ import hashlib
 import io
 import json
 import logging
+import os
 import threading
 import time
 import traceback
@@ -644,9 +645,14 @@ def sweep_key(params: dict) -> str:
 
 
 def task_sweep(ctx: JobContext, methods: list, ratios: list, seeds: list, learner: str = "ce",
-               learner_epochs: int | None = None, learner_input: str = "auto", learner_params: dict | None = None,
-               tau="auto", key: str | None = None) -> None:
+               learner_epochs: int | None = None, learner_input: str = "from-scratch",
+               learner_params: dict | None = None, tau="auto", key: str | None = None,
+               workers: int | None = None) -> None:
     """`sweep.run_sweep` on this run's data, noise and warm-up settings; rows saved as they arrive.
+
+    The seed the run itself was made with reuses the run's noisy labels, warm-up and graph
+    (`sweep_reuse`); other seeds draw their own. Learner fits run in `workers` processes
+    (default: one per CPU core, at most 4).
 
     The bundle 'sweeps/<key>' (info: the parameters, state, rows and the results CSV) is
     rewritten atomically after every row, so the page draws the curves while the sweep runs
@@ -694,16 +700,41 @@ def task_sweep(ctx: JobContext, methods: list, ratios: list, seeds: list, learne
             ctx.progress(ctx.fraction, f"{stage}: {message}" if message else stage)
 
     save("running")
+    precomputed = sweep_reuse(ctx, data, wu, [int(x) for x in seeds], tau, learner_input)
+    if workers is None:
+        workers = max(1, min(4, os.cpu_count() or 1)) if learner != "none" else 1
     try:
         sweep_module.run_sweep(config_base, methods=list(methods), ratios=[float(r) for r in ratios],
                                seeds=[int(x) for x in seeds], learner=learner, learner_epochs=learner_epochs,
                                learner_input=learner_input, progress=progress, cancel=ctx.cancel,
-                               on_result=on_result, learner_params=learner_params)
+                               on_result=on_result, learner_params=learner_params, workers=int(workers),
+                               precomputed=precomputed)
     except BaseException as e:
         save("cancelled" if isinstance(e, Cancelled) else "failed", error_message(e))
         raise
     save("done")
     ctx.progress(1.0, f"sweep done: {len(rows)} rows")
+
+
+def sweep_reuse(ctx: JobContext, data, wu, seeds: list[int], tau, learner_input: str) -> dict:
+    """{seed: {"noisy", "wu", "graph", "ginfo"}} for the sweep seed that equals the seed the
+    run's noise and warm-up were made with (both must match), from the run store: the sweep
+    then trains no second warm-up for it. Empty when nothing matches, and for the
+    frozen-features learner (it needs the warm-up network itself, which is not stored)."""
+    from .learners import resolve_learner_input
+
+    if wu is None or resolve_learner_input(learner_input) != "from-scratch":
+        return {}
+    data_seed = data.info.get("seed")
+    warm_seed = ((wu.info.get("requested") or {}).get("seed"))
+    if data_seed is None or warm_seed is None or int(data_seed) != int(warm_seed) or int(data_seed) not in seeds:
+        return {}
+    graph, ginfo, _ = ensure_graph(ctx, None, tau, seed=int(data_seed))
+    noisy = SimpleNamespace(y_noisy=data.y_noisy, y_clean=data.y_clean, is_noisy=data.is_noisy,
+                            noise_rate=data.info.get("noise_rate"), spec=data.info.get("noise"))
+    warm = SimpleNamespace(probs=wu.probs, embeddings=wu.embeddings, losses=wu.losses, forgetting=wu.forgetting,
+                           test_acc=wu.info.get("test_acc"), model_name=wu.info.get("model_name"))
+    return {int(data_seed): {"noisy": noisy, "wu": warm, "graph": graph, "ginfo": SimpleNamespace(**ginfo)}}
 
 
 def list_sweeps(store: RunStore, run_id: str) -> list[dict]:

@@ -12,22 +12,25 @@ measured on the subset and on the whole training set (`prune_core.metrics.relabe
 
 Two kinds of input (`input`):
 
-- ``"images"``: the paper's protocol. `x` is the raw training input (images, or feature
-  vectors for feature datasets); the network is `prune_core.models.build_model` (the warm-up
-  architecture) and the views are the warm-up's weak / strong augmentations
-  (`prune_core.warmup.augment_batch`). Meant for a GPU.
-- ``"embeddings"`` (the fast mode, the default on CPU): `x` is the frozen warm-up embedding
-  (N, D) and the learner trains a small head on it (one hidden layer, Linear-BN-ReLU-Linear,
-  `prune_core.models.MLP`). Inputs are standardised with the subset's mean/std. An embedding
-  has no crops or flips, so the views are: weak = gaussian noise with std `weak_noise` (in
-  standardised units); strong = gaussian noise with std `strong_noise` plus dropout of
-  `strong_dropout` of the coordinates (inverted-dropout scaling). SOP+'s consistency term
-  and DivideMix's two views use these. Caveat: the warm-up that made the embeddings saw the
-  whole training set, so the fast mode keeps information about the pruned examples and
-  understates the differences between selections (docs/results.md measures both modes).
+- ``"from-scratch"`` (the default everywhere; the paper's protocol): `x` is the raw training
+  input (images, or feature vectors for feature datasets) and a freshly initialised network
+  (`prune_core.models.build_model`: the warm-up's architecture for images, resolved for the
+  device, e.g. resnet20 on a CPU; the MLP for feature vectors) trains on the kept examples
+  ONLY; the views are the warm-up's weak / strong augmentations
+  (`prune_core.warmup.augment_batch`; feature vectors get the gaussian views below). Nothing
+  the learner sees comes from a pruned example, so subsets compare honestly.
+- ``"frozen-features"`` (explicit choice, fast): `x` is the frozen warm-up embedding (N, D)
+  and the learner trains a small head on it (one hidden layer, Linear-BN-ReLU-Linear,
+  `prune_core.models.MLP`), inputs standardised with the subset's mean/std. Views: weak =
+  gaussian noise with std `weak_noise` (standardised units); strong = gaussian noise with std
+  `strong_noise` plus dropout of `strong_dropout` of the coordinates. Caveat
+  (`FROZEN_FEATURES_CAVEAT`, carried by every result of this mode): the warm-up that made
+  the embeddings saw ALL training examples, pruned ones included, so the pruned examples
+  leak into every subset's learner and the differences between selections shrink (on USPS
+  every sensible method ended within about 0.5 pt, docs/results.md).
 
-`learner_inputs(ds, wu, input="auto")` picks the arrays: "auto" means embeddings on a CPU
-(or MPS) device and images on CUDA.
+Aliases accepted for the input: "auto" and "images" -> "from-scratch", "embeddings" ->
+"frozen-features".
 
 Recipes:
 
@@ -49,7 +52,7 @@ Recipes:
   penalty. **Differences from the official Prune4ReL code, on purpose:** that code disabled
   the warm-up (the first GMM split was fitted on losses of untrained networks) and the
   lambda_u ramp-up (constant lambda_u = 1); we restore the DivideMix paper's recipe
-  (warm-up, then a 16-epoch linear ramp-up on images; scaled to the shorter fast mode).
+  (a 5-epoch CE warm-up, then an 8-epoch linear ramp-up, scaled from the paper's 10 and 16 to 30 epochs).
   Predictions use the sum of the two nets' logits.
 
 Determinism: the seed fixes weight init (`torch.random.fork_rng`, the caller's global RNG
@@ -71,7 +74,11 @@ from torch import nn
 
 from .errors import InputError, check_cancel
 
-LEARNER_INPUTS = ("auto", "embeddings", "images")
+LEARNER_INPUTS = ("from-scratch", "frozen-features")
+LEARNER_INPUT_ALIASES = {"auto": "from-scratch", "images": "from-scratch", "embeddings": "frozen-features"}
+FROZEN_FEATURES_CAVEAT = ("frozen-features: the learner is a head on warm-up embeddings trained on ALL training "
+                          "examples, pruned ones included, so pruned data leaks into every subset and "
+                          "differences between methods shrink")
 HEAD_HIDDEN = 128
 EVAL_BATCH = 1024
 
@@ -93,7 +100,7 @@ class LearnerResult:
     history:     one dict per epoch: epoch, train_loss, train_acc (vs noisy labels on the
                  subset), test_acc, lr, seconds, plus learner-specific entries
     seconds:     wall time of the training and the final predictions
-    input:       "embeddings" | "images"
+    input:       "from-scratch" | "frozen-features"
     params:      the hyper-parameters used (JSON-friendly)
     extra:       learner-specific arrays over the subset (e.g. SOP's u^2, DivideMix's clean probs)
     """
@@ -113,8 +120,8 @@ class LearnerResult:
 
 @dataclass(frozen=True)
 class LearnerInfo:
-    """A registry entry. `defaults` are the fast-mode (embeddings) hyper-parameters;
-    `image_defaults` override them for input="images"."""
+    """A registry entry. `defaults` are the frozen-features hyper-parameters;
+    `image_defaults` override them for input="from-scratch"."""
 
     name: str
     fn: Callable
@@ -122,9 +129,10 @@ class LearnerInfo:
     defaults: dict
     image_defaults: dict
 
-    def params(self, input: str = "embeddings", **overrides) -> dict:
+    def params(self, input: str = "from-scratch", **overrides) -> dict:
         """Merged hyper-parameters for an input kind; unknown names raise InputError."""
-        merged = {**self.defaults, **(self.image_defaults if input == "images" else {})}
+        scratch = resolve_learner_input(input) == "from-scratch"
+        merged = {**self.defaults, **(self.image_defaults if scratch else {})}
         unknown = set(overrides) - set(merged)
         if unknown:
             raise InputError(f"learner {self.name!r} has no parameter(s) {', '.join(sorted(unknown))}")
@@ -139,7 +147,9 @@ _LEARNERS: dict[str, LearnerInfo] = {}
 # digits: lr 0.02 (the paper's) for every learner, 40 epochs.
 _COMMON = {"epochs": 40, "lr": 0.02, "batch_size": 128, "weight_decay": 5e-4, "hidden": HEAD_HIDDEN,
            "weak_noise": 0.1, "strong_noise": 0.4, "strong_dropout": 0.2}
-_COMMON_IMAGES = {"epochs": 100}
+# From scratch on a CPU: 30 epochs (the paper's GPU runs take 200+). Measured with
+# bench/training.py: SOP+ on 20% of the CIFAR-10N dev set with resnet20 (docs/benchmarks.md).
+_COMMON_IMAGES = {"epochs": 30}
 
 
 def register_learner(name: str, summary: str, defaults: dict | None = None, image_defaults: dict | None = None):
@@ -171,31 +181,36 @@ def get_learner(name: str) -> LearnerInfo:
 class LearnerInputs:
     """Arrays a learner trains and predicts on (see `learner_inputs`)."""
 
-    x_train: np.ndarray  # (N, ...) embeddings or raw training inputs
+    x_train: np.ndarray  # (N, ...) raw training inputs, or (N, D) frozen embeddings
     x_test: np.ndarray | None  # (M, ...) same kind, or None
     y_test: np.ndarray | None  # (M,) int64, or None
-    input: str  # "embeddings" | "images"
-    model: str  # "auto" for embeddings (the head), else the warm-up architecture name
+    input: str  # "from-scratch" | "frozen-features"
+    model: str  # the architecture for from-scratch, "auto" for frozen features (the head)
     device: str
 
 
-def resolve_learner_input(input: str, device="auto") -> str:
-    """"auto" -> "images" on CUDA, "embeddings" otherwise; other values are checked."""
-    if input not in LEARNER_INPUTS:
+def resolve_learner_input(input: str = "from-scratch", device="auto") -> str:
+    """The canonical learner input: "from-scratch" or "frozen-features" (aliases: "auto",
+    "images" -> "from-scratch"; "embeddings" -> "frozen-features"). `device` is accepted for
+    backward compatibility and no longer changes the choice. Unknown values raise InputError."""
+    name = LEARNER_INPUT_ALIASES.get(input, input)
+    if name not in LEARNER_INPUTS:
         raise InputError(f"unknown learner input {input!r}; choose one of {', '.join(LEARNER_INPUTS)}")
-    if input != "auto":
-        return input
-    from .warmup import resolve_device
-
-    return "images" if resolve_device(device).type == "cuda" else "embeddings"
+    return name
 
 
-def learner_inputs(ds, wu, input: str = "auto", device="auto", cancel=None) -> LearnerInputs:
+def learner_caveat(input: str) -> str | None:
+    """The one-line caveat that must accompany results of a learner input, or None."""
+    return FROZEN_FEATURES_CAVEAT if resolve_learner_input(input) == "frozen-features" else None
+
+
+def learner_inputs(ds, wu, input: str = "from-scratch", device="auto", cancel=None) -> LearnerInputs:
     """The learner's arrays for a dataset and its warm-up.
 
-    embeddings: wu.embeddings (N, D) and the test embeddings from one deterministic pass of
-    the warm-up model over ds.x_test; images: ds.x_train / ds.x_test as they are, with the
-    warm-up's architecture (wu.model_name).
+    from-scratch: ds.x_train / ds.x_test as they are (images or feature vectors), with the
+    warm-up's architecture (wu.model_name; "auto" when wu is None or has no model name).
+    frozen-features: wu.embeddings (N, D) and the test embeddings from one deterministic pass
+    of the warm-up model over ds.x_test (needs wu.model).
     """
     from .warmup import predict, resolve_device
 
@@ -204,9 +219,10 @@ def learner_inputs(ds, wu, input: str = "auto", device="auto", cancel=None) -> L
     x_test = getattr(ds, "x_test", None)
     y_test = getattr(ds, "y_test", None)
     has_test = x_test is not None and y_test is not None and len(x_test) > 0
-    if kind == "images":
+    if kind == "from-scratch":
+        model = getattr(wu, "model_name", None) or "auto"
         return LearnerInputs(np.asarray(ds.x_train), np.asarray(x_test) if has_test else None,
-                             np.asarray(y_test, np.int64) if has_test else None, kind, wu.model_name, dev)
+                             np.asarray(y_test, np.int64) if has_test else None, kind, model, dev)
     test_emb = None
     if has_test:
         check_cancel(cancel)
@@ -592,7 +608,7 @@ def _mixmatch_epoch(ctx: _Context, net, other, opt, sched, prob_clean: np.ndarra
     "DivideMix: two nets, GMM co-divide on losses, co-refinement/co-guessing and MixMatch",
     defaults={"epochs": 30, "warmup_epochs": 5, "rampup_epochs": 8, "lambda_u": 25.0, "alpha": 4.0,
               "temperature": 0.5, "p_threshold": 0.5, "prior_penalty": 1.0, "conf_penalty": 0.0},
-    image_defaults={"epochs": 100, "warmup_epochs": 10, "rampup_epochs": 16},
+    image_defaults={"epochs": 30, "warmup_epochs": 5, "rampup_epochs": 8},
 )
 def _fit_dividemix(ctx: _Context, progress, cancel, epochs, batch_size, warmup_epochs, conf_penalty, **_):
     p = ctx.params
@@ -659,7 +675,7 @@ def fit_learner(
     num_classes: int | None = None,
     x_test: np.ndarray | None = None,
     y_test: np.ndarray | None = None,
-    input: str = "auto",
+    input: str = "from-scratch",
     model: str = "auto",
     device: str = "auto",
     seed: int = 0,
@@ -670,9 +686,10 @@ def fit_learner(
 ) -> LearnerResult:
     """Train learner `name` from scratch on x[subset] with labels y_noisy[subset].
 
-    x: (N, D) embeddings (input="embeddings"), or the raw training inputs (input="images":
-       (N, H, W) / (N, H, W, 3) uint8 images or (N, D) features). "auto": embeddings when x
-       is 2-D, images otherwise (use `learner_inputs` to pick arrays by device).
+    x: the raw training inputs (input="from-scratch", the default: (N, H, W) / (N, H, W, 3)
+       uint8 images or (N, D) feature vectors, a fresh network per call), or (N, D) frozen
+       warm-up embeddings (input="frozen-features": a small head; see FROZEN_FEATURES_CAVEAT).
+       `learner_inputs` picks the arrays for a dataset and its warm-up.
     y_noisy: (N,) int labels in [0, C), the labels the learner sees.
     subset: (s,) distinct indices of the kept examples (None: all N).
     x_test, y_test: optional test split of the same kind as x -> test accuracy at the last epoch.
@@ -681,7 +698,7 @@ def fit_learner(
     progress(fraction, message, metrics) is called after every epoch; cancel.is_set() is
     checked at every batch (raises errors.Cancelled).
     """
-    from .models import MLP, build_model, compute_normalization, infer_kind
+    from .models import MLP, build_model, compute_normalization, infer_kind, to_device
     from .warmup import resolve_device
 
     info = get_learner(name)
@@ -700,14 +717,12 @@ def fit_learner(
     if y.size and (y.min() < 0 or y.max() >= c):
         raise InputError(f"y_noisy has labels outside 0..{c - 1}")
     subset = _check_subset(subset, n)
-    if input == "auto":
-        input = "embeddings" if x.ndim == 2 else "images"
-    if input not in ("embeddings", "images"):
-        raise InputError(f"unknown learner input {input!r}; choose one of {', '.join(LEARNER_INPUTS)}")
-    kind = "features" if input == "embeddings" else infer_kind(x)
+    input = resolve_learner_input(input)
+    frozen = input == "frozen-features"
+    kind = "features" if frozen else infer_kind(x)
     if kind == "features" and not np.isfinite(x[subset]).all():
         raise InputError("learner inputs contain NaN or infinite values")
-    if input == "embeddings" and x.ndim != 2:
+    if frozen and x.ndim != 2:
         raise InputError(f"embeddings must be (N, D), got shape {x.shape}")
     hp = info.params(input, epochs=epochs, **params)
     for key in ("epochs", "batch_size"):
@@ -732,11 +747,13 @@ def fit_learner(
     def make_model(k: int) -> nn.Module:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed * 1000 + 17 * k + 1)
-            if input == "embeddings":
+            if frozen:
                 net = MLP(x.shape[1], c, hidden=(int(hp["hidden"]),))
             else:
-                net = build_model(model, kind, x.shape[1:], c, num_examples=len(subset))
-        return net.to(dev)
+                # Resolved on the whole training set's size, so "auto" picks the same network
+                # at every keep ratio (and the warm-up's, see `learner_inputs`).
+                net = build_model(model, kind, x.shape[1:], c, num_examples=n, device_type=dev.type)
+        return to_device(net, dev)
 
     ctx = _Context(
         src=src, y=torch.from_numpy(y[subset]).to(dev), num_classes=c, kind=kind, input=input, device=dev,
@@ -760,6 +777,6 @@ def fit_learner(
     return LearnerResult(
         name=name, labels_all=probs_all.argmax(1).astype(np.int64), probs_all=probs_all, test_acc=test_acc,
         test_pred=test_pred, history=history, seconds=seconds, input=input,
-        params={**hp, "seed": seed, "model": "mlp-head" if input == "embeddings" else model},
+        params={**hp, "seed": seed, "model": "mlp-head" if frozen else model},
         subset=subset, extra=extra,
     )

@@ -50,11 +50,12 @@ from .errors import InputError, check_cancel
 PREDICTOR_C0 = 1.0
 
 RESULT_COLUMNS = [
-    "method", "base_method", "keep_ratio", "seed", "learner", "learner_input", "budget",
-    "test_acc", "relabel_acc_subset", "relabel_acc_all", "relabel_acc_noisy", "predicted_relabel",
+    "method", "base_method", "keep_ratio", "seed", "learner", "learner_input", "learner_caveat", "learner_model",
+    "budget", "test_acc", "relabel_acc_subset", "relabel_acc_all", "given_acc_subset", "given_acc_all",
+    "relabel_gain_subset", "relabel_gain_all", "relabel_acc_noisy", "predicted_relabel",
     "noise_in_subset", "noise_rate_data", "objective_F", "mean_neighbourhood_confidence",
     "uncovered_fraction", "saturated_fraction", "select_seconds", "ranking_reused", "learner_seconds", "learner_epochs",
-    "warmup_test_acc", "warmup_seconds", "graph_tau", "graph_isolated_fraction", "graph_median_degree", "graph_purity",
+    "warmup_test_acc", "warmup_seconds", "warmup_reused", "graph_tau", "graph_isolated_fraction", "graph_median_degree", "graph_purity",
     "class_counts_kept", "data", "noise", "params",
 ]
 # Metrics averaged over seeds in summaries and plotted against the keep ratio.
@@ -118,7 +119,7 @@ def _method_params(info, config, overrides: dict) -> dict:
     return params
 
 
-def check_sweep_inputs(methods, ratios, seeds, learner, learner_epochs=None, learner_input="auto"):
+def check_sweep_inputs(methods, ratios, seeds, learner, learner_epochs=None, learner_input="from-scratch"):
     """Validate and normalise the sweep's lists (before any training).
 
     learner: a name, "none", a comma-separated string or a list of names.
@@ -126,7 +127,7 @@ def check_sweep_inputs(methods, ratios, seeds, learner, learner_epochs=None, lea
     Returns (method specs, ratios sorted ascending without duplicates, seeds without
     duplicates in the given order, learner names (["none"] for no training)). Raises InputError.
     """
-    from .learners import LEARNER_INPUTS, get_learner
+    from .learners import get_learner, resolve_learner_input
     from .selection import budget_for, check_balance, get_method
 
     if isinstance(methods, str):
@@ -177,8 +178,7 @@ def check_sweep_inputs(methods, ratios, seeds, learner, learner_epochs=None, lea
     for e in epochs:
         if e is not None and (isinstance(e, bool) or not isinstance(e, (int, np.integer)) or e < 1):
             raise InputError(f"learner epochs must be a positive integer, got {e!r}")
-    if learner_input not in LEARNER_INPUTS:
-        raise InputError(f"unknown learner input {learner_input!r}; choose one of {', '.join(LEARNER_INPUTS)}")
+    resolve_learner_input(learner_input)
     return specs, clean_ratios, clean_seeds, learners
 
 
@@ -221,6 +221,116 @@ def _restore_torch_threads(n: int) -> None:
         torch.set_num_threads(n)
 
 
+@dataclass
+class SeedContext:
+    """What one seed of a sweep shares across methods, ratios and learners.
+
+    noisy: noise.NoisyLabels (y_noisy (N,), y_clean (N,) or None, is_noisy, noise_rate)
+    wu: the warm-up (WarmupResult, or any object with probs (N, C), embeddings (N, D), losses
+        (N,), forgetting (N,), test_acc, model_name)
+    graph, ginfo: the neighbour graph on wu.embeddings at the config's tau, and its GraphInfo
+    warm_seconds: wall time of the warm-up (0 when it was reused)
+    reused: True when the warm-up and graph came from the caller (e.g. the app's run)
+    """
+
+    seed: int
+    noisy: object
+    wu: object
+    graph: object
+    ginfo: object
+    warm_seconds: float
+    reused: bool = False
+
+
+def prepare_seed(config, ds, seed: int, report=None, cancel=None, precomputed: dict | None = None) -> SeedContext:
+    """Noise draw, warm-up and neighbour graph for one seed (or the caller's, `precomputed`:
+    {"noisy": NoisyLabels, "wu": warm-up outputs, "graph": CSR, "ginfo": GraphInfo})."""
+    from .graph import build_graph
+    from .noise import apply_noise
+    from .warmup import warmup
+
+    report = report or (lambda *a, **k: None)
+    if precomputed is not None:
+        return SeedContext(seed, precomputed["noisy"], precomputed["wu"], precomputed["graph"],
+                           precomputed["ginfo"], 0.0, reused=True)
+    check_cancel(cancel)
+    noisy = apply_noise(ds, config.noise, seed=seed)
+    t = time.perf_counter()
+    wu = warmup(ds, noisy.y_noisy, epochs=config.warmup_epochs, model=config.model, lr=config.lr,
+                batch_size=config.batch_size, device=config.device, seed=seed,
+                progress=lambda f, m="", x=None: report("warmup", f, f"seed {seed}: {m}", x),
+                cancel=cancel, embed_pass=config.embed_pass)
+    warm_seconds = time.perf_counter() - t
+    report("graph", 0.0, f"seed {seed}: building the neighbour graph")
+    k = config.k or min(50, ds.n_train - 1)
+    graph, ginfo = build_graph(wu.embeddings, k=k, tau=config.tau, search=config.search, pca_dim=config.pca_dim,
+                               seed=seed, return_info=True, cancel=cancel,
+                               progress=lambda f, m="", x=None: report("graph", f, m, x))
+    return SeedContext(seed, noisy, wu, graph, ginfo, warm_seconds)
+
+
+def label_accuracy_columns(y_given, y_clean, subset, labels_after=None) -> dict:
+    """The given labels' accuracy (all training examples, kept subset) and, with the learner's
+    labels, the re-labeling accuracies and gains (learner's labels minus given labels).
+
+    y_given, y_clean, labels_after: (N,) int labels; subset: (s,) kept indices.
+    Returns given_acc_all, given_acc_subset, and with labels_after: relabel_acc_all,
+    relabel_acc_subset, relabel_gain_all, relabel_gain_subset (fractions in [0, 1], gains in
+    [-1, 1]); every value is None without ground truth.
+    """
+    from .metrics import relabel_accuracy
+
+    out = {"given_acc_all": relabel_accuracy(y_given, y_clean),
+           "given_acc_subset": relabel_accuracy(y_given, y_clean, subset)}
+    if labels_after is not None:
+        out["relabel_acc_all"] = relabel_accuracy(labels_after, y_clean)
+        out["relabel_acc_subset"] = relabel_accuracy(labels_after, y_clean, subset)
+        for part in ("all", "subset"):
+            after, given = out[f"relabel_acc_{part}"], out[f"given_acc_{part}"]
+            out[f"relabel_gain_{part}"] = None if after is None or given is None else after - given
+    return out
+
+
+def fit_unit(task: dict) -> dict:
+    """One learner fit of a sweep (picklable: runs in a worker process as well).
+
+    task keys: learner, x_train (N, ...), x_test, y_test, y_noisy (N,), y_clean (N,) or None,
+    is_noisy (N,) bool or None, subset (s,), num_classes, input, model, device, seed, epochs,
+    params (learner hyper-parameters), threads (torch threads for this fit, or None), and
+    optionally npz (a path holding the arrays x_train, x_test, y_test instead, read here).
+    Returns the learner columns of a results row.
+    """
+    import torch
+
+    from .learners import fit_learner, learner_caveat
+    from .metrics import relabel_accuracy
+
+    if task.get("threads"):
+        torch.set_num_threads(int(task["threads"]))
+    arrays = task
+    if task.get("npz"):
+        with np.load(task["npz"], allow_pickle=False) as z:
+            arrays = {k: (z[k] if k in z.files else None) for k in ("x_train", "x_test", "y_test")}
+    res = fit_learner(task["learner"], arrays["x_train"], task["y_noisy"], task["subset"],
+                      num_classes=task["num_classes"], x_test=arrays["x_test"], y_test=arrays["y_test"],
+                      input=task["input"], model=task["model"], device=task["device"], seed=task["seed"],
+                      epochs=task["epochs"], progress=task.get("progress"), cancel=task.get("cancel"),
+                      **(task.get("params") or {}))
+    y_clean, noisy_mask, subset = task["y_clean"], task["is_noisy"], task["subset"]
+    out = {"learner": task["learner"], "learner_input": res.input, "learner_caveat": learner_caveat(res.input),
+           "learner_model": res.params.get("model"), "test_acc": res.test_acc,
+           **label_accuracy_columns(task["y_noisy"], y_clean, subset, res.labels_all),
+           "relabel_acc_noisy": (None if noisy_mask is None or not noisy_mask.any() else relabel_accuracy(
+               res.labels_all, y_clean, np.flatnonzero(noisy_mask))),
+           "learner_seconds": float(res.seconds), "learner_epochs": int(res.params["epochs"])}
+    return out
+
+
+def _pool_fit(args):
+    key, task = args
+    return key, fit_unit(task)
+
+
 def run_sweep(
     config_base,
     methods,
@@ -228,11 +338,13 @@ def run_sweep(
     seeds,
     learner="sop",
     learner_epochs=None,
-    learner_input: str = "auto",
+    learner_input: str = "from-scratch",
     progress=None,
     cancel=None,
     on_result=None,
     learner_params: dict | None = None,
+    workers: int = 1,
+    precomputed: dict | None = None,
 ):
     """Run a keep-ratio sweep and return a pandas DataFrame, one row per (method, ratio, seed).
 
@@ -246,8 +358,14 @@ def run_sweep(
         a list (or comma-separated string) of names trains every subset with each learner,
         one row per learner, sharing warm-ups and selections.
     learner_epochs: None (the learner's default), an int, or {learner: int}.
-    learner_input / learner_params: passed to `learners.fit_learner` (learner_params may be
-        {learner: {param: value}} when several learners are given).
+    learner_input: "from-scratch" (default: a fresh network on the kept examples only, the
+        paper's protocol) or "frozen-features" (a head on the warm-up embeddings, which saw
+        the pruned examples: its rows carry `learner_caveat`). learner_params are passed to
+        `learners.fit_learner` (may be {learner: {param: value}} with several learners).
+    workers: learner fits run in this many spawned worker processes (torch threads split
+        between them); 1 runs them in this process. Results do not depend on the order.
+    precomputed: {seed: {"noisy", "wu", "graph", "ginfo"}} reuses a run's noise, warm-up and
+        graph for those seeds (the app's Sweep on a run with matching settings).
     progress(stage, fraction, message, metrics): stage is "sweep" for the overall fraction,
         or the inner stage ("load", "warmup", "graph", "select", "learner").
     cancel: anything with is_set(). on_result(row: dict) is called as each row finishes.
@@ -255,20 +373,19 @@ def run_sweep(
     import pandas as pd
 
     from .data import load_dataset
-    from .graph import build_graph
-    from .learners import fit_learner, learner_inputs
-    from .metrics import class_counts, noise_rate, relabel_accuracy
-    from .noise import apply_noise, parse_noise_spec
-    from .prune4rel import neighbourhood_confidence
-    from .scores import confidence as confidence_of
-    from .selection import get_method, select
-    from .warmup import resolve_device, warmup
+    from .learners import learner_inputs, resolve_learner_input
+    from .noise import parse_noise_spec
+    from .selection import get_method
+    from .warmup import resolve_device
 
     config = _as_config(config_base)
     specs, ratios, seeds, learners = check_sweep_inputs(methods, ratios, seeds, learner, learner_epochs,
                                                         learner_input)
+    learner_input = resolve_learner_input(learner_input)
     parse_noise_spec(config.noise)
     resolve_device(config.device)
+    if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 1:
+        raise InputError(f"workers must be a positive integer, got {workers!r}")
     train = learners != ["none"]
     learner_params = dict(learner_params or {})
     per_learner = all(isinstance(v, dict) for v in learner_params.values()) and set(learner_params) <= set(learners)
@@ -276,10 +393,10 @@ def run_sweep(
     epochs_for = {name: (learner_epochs.get(name) if isinstance(learner_epochs, dict) else learner_epochs)
                   for name in learners}
     if train:
-        from .learners import get_learner, resolve_learner_input
+        from .learners import get_learner
 
         for name in learners:
-            get_learner(name).params(resolve_learner_input(learner_input, config.device), **params_for[name])
+            get_learner(name).params(learner_input, **params_for[name])
     infos = {s.label: get_method(s.method) for s in specs}
     params_by_label = {s.label: _method_params(infos[s.label], config, s.param_dict) for s in specs}
 
@@ -307,105 +424,168 @@ def run_sweep(
     report("load", 0.0, f"loading {config.data}")
     ds = load_dataset(config.data, download=config.download)
     rows: list[dict] = []
-    max_ratio = ratios[-1]
-    for seed in seeds:
-        check_cancel(cancel)
-        noisy = apply_noise(ds, config.noise, seed=seed)
-        t = time.perf_counter()
-        wu = warmup(ds, noisy.y_noisy, epochs=config.warmup_epochs, model=config.model, lr=config.lr,
-                    batch_size=config.batch_size, device=config.device, seed=seed,
-                    progress=lambda f, m="", x=None: report("warmup", f, f"seed {seed}: {m}", x),
-                    cancel=cancel, embed_pass=config.embed_pass)
-        warm_seconds = time.perf_counter() - t
-        report("graph", 0.0, f"seed {seed}: building the neighbour graph")
-        k = config.k or min(50, ds.n_train - 1)
-        graphs = {}
+    pool = None
+    tmpdir = None
+    if train and workers > 1:
+        import multiprocessing as mp
+        import tempfile
 
-        def graph_for(tau, k=k):
-            key = (str(tau), k)
-            if key not in graphs:
-                graphs[key] = build_graph(wu.embeddings, k=k, tau=tau, search=config.search,
-                                          pca_dim=config.pca_dim, seed=seed, return_info=True,
-                                          progress=lambda f, m="", x=None: report("graph", f, m, x), cancel=cancel)
-                _restore_torch_threads(torch_threads)
-            return graphs[key]
-
-        graph, ginfo = graph_for(config.tau)
-        conf = confidence_of(wu.probs, config.confidence)
-        purity = graph_purity(graph, noisy.y_clean)
-        inputs = None
-        if train:
-            inputs = learner_inputs(ds, wu, learner_input, device=config.device, cancel=cancel)
-        unit_done(warm_weight, f"seed {seed}: warm-up done (test acc {wu.test_acc})")
-
-        for spec in specs:
-            info = infos[spec.label]
-            params = dict(params_by_label[spec.label])
-            m_graph = graph
-            if "tau" in spec.param_dict or "k" in spec.param_dict:  # a variant on its own graph
-                m_graph = graph_for(spec.param_dict.get("tau", config.tau), spec.param_dict.get("k", k))[0]
-            conf_m = confidence_of(wu.probs, params.get("confidence", config.confidence))
-
-            def do_select(ratio):
-                check_cancel(cancel)
-                return select(spec.method, keep_ratio=ratio, probs=wu.probs, embeddings=wu.embeddings,
-                              labels=noisy.y_noisy, graph=m_graph, losses=wu.losses, forgetting=wu.forgetting,
-                              num_classes=ds.num_classes, seed=seed,
-                              progress=lambda f, m="", x=None: report("select", f, f"{spec.label}: {m}", x),
-                              cancel=cancel, **params)
-
-            ranking = do_select(max_ratio) if info.nested else None
-            for ratio in ratios:
-                sel = (ranking if ratio == max_ratio else ranking.prefix(ratio)) if info.nested else do_select(ratio)
-                idx = sel.indices
-                cover = neighbourhood_confidence(graph, conf, idx)
-                eta = float(params.get("eta", config.eta))
-                row = {
-                    "method": spec.label, "base_method": spec.method, "keep_ratio": float(ratio), "seed": seed,
-                    "learner": "none", "learner_input": None, "budget": int(sel.budget),
-                    "test_acc": None, "relabel_acc_subset": None, "relabel_acc_all": None,
-                    "relabel_acc_noisy": None,
-                    "predicted_relabel": predicted_relabel(cover),
-                    "noise_in_subset": noise_rate(noisy.y_noisy, noisy.y_clean, idx),
-                    "noise_rate_data": noisy.noise_rate,
-                    "objective_F": float(np.tanh(neighbourhood_confidence(m_graph, conf_m, idx) / eta).sum()),
-                    "mean_neighbourhood_confidence": float(cover.mean()),
-                    "uncovered_fraction": float((cover == 0).mean()),
-                    "saturated_fraction": float((cover >= 3.0 * eta).mean()),
-                    "select_seconds": float(sel.seconds),
-                    "ranking_reused": bool(info.nested and ratio != max_ratio),
-                    "learner_seconds": None, "learner_epochs": None,
-                    "warmup_test_acc": wu.test_acc, "warmup_seconds": warm_seconds,
-                    "graph_tau": float(ginfo.tau), "graph_isolated_fraction": float(ginfo.isolated_fraction),
-                    "graph_median_degree": float(ginfo.median_degree), "graph_purity": purity,
-                    "class_counts_kept": " ".join(str(c) for c in class_counts(noisy.y_noisy, idx, ds.num_classes)),
-                    "data": config.data, "noise": noisy.spec,
-                    "params": json.dumps({k: v for k, v in params.items()}, sort_keys=True, default=str),
-                }
-                for name in learners:
-                    out = dict(row, learner=name)
-                    if name != "none":
-                        res = fit_learner(
-                            name, inputs.x_train, noisy.y_noisy, idx, num_classes=ds.num_classes,
-                            x_test=inputs.x_test, y_test=inputs.y_test, input=inputs.input, model=inputs.model,
-                            device=config.device, seed=seed, epochs=epochs_for[name], cancel=cancel,
-                            progress=lambda f, m="", x=None: report("learner", f, f"{spec.label} @ {ratio:g}: {m}", x),
-                            **params_for[name])
-                        noisy_mask = noisy.is_noisy
-                        out.update(
-                            learner_input=res.input, test_acc=res.test_acc,
-                            relabel_acc_subset=relabel_accuracy(res.labels_all, noisy.y_clean, idx),
-                            relabel_acc_all=relabel_accuracy(res.labels_all, noisy.y_clean),
-                            relabel_acc_noisy=(None if noisy_mask is None or not noisy_mask.any() else relabel_accuracy(
-                                res.labels_all, noisy.y_clean, np.flatnonzero(noisy_mask))),
-                            learner_seconds=float(res.seconds), learner_epochs=int(res.params["epochs"]),
-                        )
-                    rows.append(out)
+        pool = mp.get_context("spawn").Pool(workers)
+        tmpdir = tempfile.TemporaryDirectory(prefix="prune4rel-sweep-")
+    try:
+        for seed in seeds:
+            ctx = prepare_seed(config, ds, seed, report, cancel, (precomputed or {}).get(seed))
+            _restore_torch_threads(torch_threads)
+            inputs = learner_inputs(ds, ctx.wu, learner_input, device=config.device, cancel=cancel) if train else None
+            unit_done(warm_weight, f"seed {seed}: warm-up done (test acc {ctx.wu.test_acc})")
+            base_rows = selection_rows(config, ds, ctx, specs, infos, params_by_label, ratios, report, cancel,
+                                       graph_cache={})
+            _restore_torch_threads(torch_threads)
+            if not train:
+                for row in base_rows:
+                    rows.append(row)
                     if on_result is not None:
-                        on_result(dict(out))
-                    unit_done(1, f"seed {seed}: {spec.label} keep {ratio:g} {name} done")
+                        on_result(dict(row))
+                    unit_done(1, f"seed {seed}: {row['method']} keep {row['keep_ratio']:g} done")
+                continue
+            common = {"y_noisy": ctx.noisy.y_noisy, "y_clean": ctx.noisy.y_clean, "is_noisy": ctx.noisy.is_noisy,
+                      "num_classes": ds.num_classes, "input": inputs.input, "model": inputs.model,
+                      "device": config.device, "seed": seed}
+            if pool is not None:
+                npz = Path(tmpdir.name) / f"seed{seed}.npz"
+                arrays = {"x_train": inputs.x_train}
+                if inputs.x_test is not None:
+                    arrays.update(x_test=inputs.x_test, y_test=inputs.y_test)
+                np.savez(npz, **arrays)
+                common.update(npz=str(npz), threads=max(1, torch_threads // workers))
+            else:
+                common.update(x_train=inputs.x_train, x_test=inputs.x_test, y_test=inputs.y_test)
+            tasks = []
+            for i, row in enumerate(base_rows):
+                for name in learners:
+                    tasks.append(((i, name), dict(common, learner=name, subset=row["_subset"],
+                                                  epochs=epochs_for[name], params=params_for[name])))
+
+            def finish(key, learner_cols):
+                i, name = key
+                base = base_rows[i]
+                out = {k: v for k, v in base.items() if k != "_subset"}
+                out.update(learner_cols)
+                rows.append(out)
+                if on_result is not None:
+                    on_result(dict(out))
+                unit_done(1, f"seed {seed}: {base['method']} keep {base['keep_ratio']:g} {name} done")
+
+            if pool is None:
+                for key, task in tasks:
+                    check_cancel(cancel)
+                    i, name = key
+                    label, ratio = base_rows[i]["method"], base_rows[i]["keep_ratio"]
+                    task.update(cancel=cancel, progress=lambda f, m="", x=None, label=label, ratio=ratio:
+                                report("learner", f, f"{label} @ {ratio:g}: {m}", x))
+                    finish(key, fit_unit(task))
+            else:
+                pending = pool.imap_unordered(_pool_fit, tasks)
+                for _ in range(len(tasks)):
+                    while True:
+                        check_cancel(cancel)
+                        try:
+                            key, cols = pending.next(timeout=0.5)
+                            break
+                        except mp.TimeoutError:
+                            continue
+                    finish(key, cols)
+    finally:
+        if pool is not None:
+            pool.terminate()  # also stops fits still running after a cancel
+            pool.join()
+        if tmpdir is not None:
+            tmpdir.cleanup()
     df = pd.DataFrame(rows, columns=RESULT_COLUMNS)
+    if train:  # worker order is arbitrary: rows in (seed, method, ratio, learner) order
+        order = {(s, spec.label, r, name): i for i, (s, spec, r, name) in enumerate(
+            (s, spec, r, name) for s in seeds for spec in specs for r in ratios for name in learners)}
+        df = df.iloc[sorted(range(len(df)), key=lambda j: order[(df["seed"].iat[j], df["method"].iat[j],
+                                                                  df["keep_ratio"].iat[j], df["learner"].iat[j])])]
+        df = df.reset_index(drop=True)
     return df
+
+
+def selection_rows(config, ds, ctx: SeedContext, specs, infos, params_by_label, ratios, report=None, cancel=None,
+                   graph_cache: dict | None = None) -> list[dict]:
+    """The selection part of a sweep's rows for one seed: one row per (method, ratio), learner
+    "none", with the kept indices under the private key "_subset" ((budget,) int64)."""
+    from .graph import build_graph
+    from .metrics import class_counts, noise_rate
+    from .prune4rel import neighbourhood_confidence
+    from .scores import confidence as confidence_of
+    from .selection import select
+
+    report = report or (lambda *a, **k: None)
+    seed, noisy, wu, graph, ginfo = ctx.seed, ctx.noisy, ctx.wu, ctx.graph, ctx.ginfo
+    graphs = graph_cache if graph_cache is not None else {}
+    k = config.k or min(50, ds.n_train - 1)
+
+    def variant_graph(tau, kk):
+        key = (str(tau), kk)
+        if key not in graphs:
+            graphs[key] = build_graph(wu.embeddings, k=kk, tau=tau, search=config.search, pca_dim=config.pca_dim,
+                                      seed=seed, cancel=cancel)
+        return graphs[key]
+
+    conf = confidence_of(wu.probs, config.confidence)
+    purity = graph_purity(graph, noisy.y_clean)
+    rows = []
+    max_ratio = ratios[-1]
+    for spec in specs:
+        info = infos[spec.label]
+        params = dict(params_by_label[spec.label])
+        m_graph = graph
+        if "tau" in spec.param_dict or "k" in spec.param_dict:  # a variant on its own graph
+            m_graph = variant_graph(spec.param_dict.get("tau", config.tau), spec.param_dict.get("k", k))
+        conf_m = confidence_of(wu.probs, params.get("confidence", config.confidence))
+
+        def do_select(ratio):
+            check_cancel(cancel)
+            return select(spec.method, keep_ratio=ratio, probs=wu.probs, embeddings=wu.embeddings,
+                          labels=noisy.y_noisy, graph=m_graph, losses=wu.losses, forgetting=wu.forgetting,
+                          num_classes=ds.num_classes, seed=seed,
+                          progress=lambda f, m="", x=None: report("select", f, f"{spec.label}: {m}", x),
+                          cancel=cancel, **params)
+
+        ranking = do_select(max_ratio) if info.nested else None
+        for ratio in ratios:
+            sel = (ranking if ratio == max_ratio else ranking.prefix(ratio)) if info.nested else do_select(ratio)
+            idx = np.asarray(sel.indices, dtype=np.int64)
+            cover = neighbourhood_confidence(graph, conf, idx)
+            eta = float(params.get("eta", config.eta))
+            rows.append({
+                "method": spec.label, "base_method": spec.method, "keep_ratio": float(ratio), "seed": seed,
+                "learner": "none", "learner_input": None, "learner_caveat": None, "learner_model": None,
+                "budget": int(sel.budget),
+                "test_acc": None, "relabel_acc_subset": None, "relabel_acc_all": None,
+                **label_accuracy_columns(noisy.y_noisy, noisy.y_clean, idx),
+                "relabel_gain_all": None, "relabel_gain_subset": None, "relabel_acc_noisy": None,
+                "predicted_relabel": predicted_relabel(cover),
+                "noise_in_subset": noise_rate(noisy.y_noisy, noisy.y_clean, idx),
+                "noise_rate_data": noisy.noise_rate,
+                "objective_F": float(np.tanh(neighbourhood_confidence(m_graph, conf_m, idx) / eta).sum()),
+                "mean_neighbourhood_confidence": float(cover.mean()),
+                "uncovered_fraction": float((cover == 0).mean()),
+                "saturated_fraction": float((cover >= 3.0 * eta).mean()),
+                "select_seconds": float(sel.seconds),
+                "ranking_reused": bool(info.nested and ratio != max_ratio),
+                "learner_seconds": None, "learner_epochs": None,
+                "warmup_test_acc": ctx.wu.test_acc, "warmup_seconds": ctx.warm_seconds,
+                "warmup_reused": ctx.reused,
+                "graph_tau": float(ginfo.tau), "graph_isolated_fraction": float(ginfo.isolated_fraction),
+                "graph_median_degree": float(ginfo.median_degree), "graph_purity": purity,
+                "class_counts_kept": " ".join(str(c) for c in class_counts(noisy.y_noisy, idx, ds.num_classes)),
+                "data": config.data, "noise": noisy.spec,
+                "params": json.dumps({k: v for k, v in params.items()}, sort_keys=True, default=str),
+                "_subset": idx,
+            })
+    return rows
 
 
 # --------------------------------------------------------------------------- summaries and figures
@@ -438,6 +618,70 @@ def _plotted_metrics(df) -> list[str]:
     if not main:  # learner "none": what a selection alone tells
         main = [m for m in ("noise_in_subset",) if has(m)]
     return main + [m for m in ("predicted_relabel",) if has(m)]
+
+
+GIVEN_LABELS_NAME = "given labels (no re-labeling)"
+
+
+def given_label_reference(df) -> float | None:
+    """Accuracy of the given (noisy) labels over all training examples, averaged over the
+    sweep's seeds: the level a re-labeling accuracy must beat to have helped. None without
+    ground truth."""
+    import pandas as pd
+
+    if df is None or df.empty or "given_acc_all" not in df.columns:
+        return None
+    per_seed = pd.to_numeric(df["given_acc_all"], errors="coerce").groupby(df["seed"]).first().dropna()
+    return float(per_seed.mean()) if len(per_seed) else None
+
+
+def relabel_worse_than_given(df, metric: str = "relabel_acc_all") -> list[dict]:
+    """(method, learner, keep_ratio, mean gain) where the learner's labels were, on average over
+    seeds, LESS accurate than the given labels (re-labeling made the labels worse), sorted by
+    gain. `metric` relabel_acc_all compares with given_acc_all; relabel_acc_subset with
+    given_acc_subset."""
+    import pandas as pd
+
+    part = metric.rsplit("_", 1)[1]
+    gain_col = f"relabel_gain_{part}"
+    if df is None or df.empty or gain_col not in df.columns:
+        return []
+    d = df.assign(_gain=pd.to_numeric(df[gain_col], errors="coerce")).dropna(subset=["_gain"])
+    if d.empty:
+        return []
+    mean = d.groupby(["method", "learner", "keep_ratio"], sort=False)["_gain"].mean()
+    worse = [{"method": m, "learner": lr, "keep_ratio": float(r), "gain": float(g)}
+             for (m, lr, r), g in mean.items() if g < 0]
+    return sorted(worse, key=lambda w: w["gain"])
+
+
+def sweep_caveat(df) -> str | None:
+    """The one-line caveat of the sweep's learner input (frozen features), or None."""
+    if df is None or df.empty or "learner_caveat" not in df.columns:
+        return None
+    notes = [c for c in df["learner_caveat"].dropna().unique() if str(c).strip()]
+    return str(notes[0]) if notes else None
+
+
+def _reference_trace(df, summary, show_legend=True):
+    """A horizontal dashed line at the given labels' accuracy over the keep-ratio range, as a
+    trace (so it is in the legend and in `fig.data`), or None without ground truth."""
+    import plotly.graph_objects as go
+
+    ref = given_label_reference(df)
+    if ref is None:
+        return None
+    x = [float(summary["keep_ratio"].min()), float(summary["keep_ratio"].max())]
+    return go.Scatter(x=x, y=[ref, ref], mode="lines", name=GIVEN_LABELS_NAME, legendgroup=GIVEN_LABELS_NAME,
+                      showlegend=show_legend, line={"color": "#444444", "dash": "dash", "width": 1.5},
+                      hovertemplate=f"given labels: accuracy {ref:.4f}<extra></extra>")
+
+
+def _title_with_caveat(title: str | None, df) -> str | None:
+    caveat = sweep_caveat(df)
+    if caveat is None:
+        return title
+    return f"{title}<br><sub>{caveat}</sub>" if title else f"<sub>{caveat}</sub>"
 
 
 def _method_colors(methods) -> dict:
@@ -497,7 +741,11 @@ def sweep_figures(df) -> dict:
     colors = _method_colors(summary["method"].unique())
     for metric in _plotted_metrics(df):
         fig = go.Figure(_curve_traces(summary, metric, colors))
-        fig.update_layout(title=CURVE_METRICS[metric], xaxis_title="keep ratio (fraction of the training set kept)",
+        if metric == "relabel_acc_all":
+            ref = _reference_trace(df, summary)
+            if ref is not None:
+                fig.add_trace(ref)
+        fig.update_layout(title=_title_with_caveat(CURVE_METRICS[metric], df), xaxis_title="keep ratio (fraction of the training set kept)",
                           yaxis_title=metric, template="plotly_white", hovermode="closest",
                           legend_title_text="method")
         fig.update_xaxes(tickformat=".0%")
@@ -518,8 +766,12 @@ def sweep_figure(df, title: str | None = None):
     for j, metric in enumerate(metrics, start=1):
         for tr in _curve_traces(summary, metric, colors, show_legend=(j == 1)):
             fig.add_trace(tr, row=1, col=j)
+        if metric == "relabel_acc_all":
+            ref = _reference_trace(df, summary)
+            if ref is not None:
+                fig.add_trace(ref, row=1, col=j)
         fig.update_xaxes(title_text="keep ratio", tickformat=".0%", row=1, col=j)
-    fig.update_layout(title=title, template="plotly_white", height=450, width=max(500, 430 * len(metrics)),
+    fig.update_layout(title=_title_with_caveat(title, df), template="plotly_white", height=450, width=max(500, 430 * len(metrics)),
                       legend_title_text="method")
     return fig
 
@@ -546,11 +798,15 @@ def sweep_png(df, path, title: str | None = None) -> None:
             ax.plot(x, mean, marker="o", ms=3, lw=1.5, color=colors[method], label=name,
                     ls=["-", "--", ":", "-."][li % 4])
             ax.fill_between(x, mean - std, mean + std, color=colors[method], alpha=0.15, lw=0)
+        ref = given_label_reference(df) if metric == "relabel_acc_all" else None
+        if ref is not None:
+            ax.axhline(ref, color="#444444", ls="--", lw=1.2, label=GIVEN_LABELS_NAME)
         ax.set_title(CURVE_METRICS[metric], fontsize=9)
         ax.set_xlabel("keep ratio")
         ax.grid(alpha=0.3)
-    if title:
-        fig.suptitle(title, fontsize=10)
+    caveat = sweep_caveat(df)
+    if title or caveat:
+        fig.suptitle("\n".join(t for t in (title, caveat) if t), fontsize=9 if caveat else 10)
     fig.tight_layout()
     if metrics:  # one legend for all panels, outside on the right
         handles, labels = axes[0][0].get_legend_handles_labels()
@@ -631,7 +887,8 @@ def run_sweep_cli(args, config_factory, progress_printer) -> int:
 
     started = time.perf_counter()
     df = run_sweep(config, [s.label for s in specs], ratios, seeds, learners, learner_epochs=args.learner_epochs,
-                   learner_input=args.learner_input, progress=progress, on_result=on_result)
+                   learner_input=args.learner_input, progress=progress, on_result=on_result,
+                   workers=getattr(args, "workers", 1))
     seconds = time.perf_counter() - started
     manifest = {
         "config": config.to_dict(), "methods": [s.label for s in specs], "ratios": ratios, "seeds": seeds,

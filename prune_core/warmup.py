@@ -33,6 +33,7 @@ from prune_core.models import (
     infer_kind,
     normalize_tensor,
     resolve_model_name,
+    to_device,
 )
 
 EMBED_PASSES = ("eval", "strong")
@@ -47,6 +48,7 @@ EMBED_PASSES = ("eval", "strong")
 DEFAULTS: dict[str, tuple[int, float, int]] = {
     "mlp": (10, 0.02, 128),
     "small_cnn": (15, 0.05, 128),
+    "resnet20": (15, 0.05, 128),
     "resnet18": (10, 0.02, 128),
     "preact_resnet18": (10, 0.02, 128),
 }
@@ -179,7 +181,8 @@ def random_shift(x: torch.Tensor, pad: int, gen: torch.Generator) -> torch.Tenso
     rows = off_h[:, None] + torch.arange(h, device=x.device)  # (B, H)
     cols = off_w[:, None] + torch.arange(w, device=x.device)  # (B, W)
     batch = torch.arange(b, device=x.device)[:, None, None]
-    return padded[batch, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2).contiguous()
+    out = padded[batch, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
+    return out.contiguous(memory_format=torch.channels_last)  # the layout of normalize_tensor
 
 
 def random_flip(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -261,7 +264,7 @@ class BatchSource:
         return normalize_tensor(xb, self.kind, self.mean, self.std)
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def _infer(model: nn.Module, source: BatchSource, batch_size: int, cancel=None,
            strong_gen: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits (N, C) and embeddings (N, D), float32 on the CPU, in the order of `source`,
@@ -388,7 +391,8 @@ def warmup(ds, y_noisy, epochs: int | None = None, model: str = "auto", lr: floa
         _check_inputs(x_test, kind, "x_test")
         y_test = _check_labels(y_test, len(x_test), num_classes, "y_test")
 
-    model_name = resolve_model_name(model, kind, x_train.shape[1:], num_examples=n)
+    dev = resolve_device(device)
+    model_name = resolve_model_name(model, kind, x_train.shape[1:], num_examples=n, device_type=dev.type)
     default_epochs, default_lr, default_batch = DEFAULTS[model_name]
     epochs = int(_positive(default_epochs if epochs is None else epochs, "epochs", int))
     lr = _positive(default_lr if lr is None else lr, "lr")
@@ -398,13 +402,12 @@ def warmup(ds, y_noisy, epochs: int | None = None, model: str = "auto", lr: floa
     if augment is None:
         augment = kind != "features"  # the shift/crop is what keeps CNN warm-ups from memorising
     augment = bool(augment) and kind != "features"  # nothing to crop in a feature vector
-    dev = resolve_device(device)
 
     # Seeded weight init without touching the caller's global RNG state.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         net = build_model(model_name, kind, x_train.shape[1:], num_classes, num_examples=n)
-    net = net.to(dev)
+    net = to_device(net, dev)
     gen = torch.Generator().manual_seed(seed)  # shuffling + augmentation, always on the CPU
 
     norm = compute_normalization(x_train, kind)

@@ -13,6 +13,8 @@ from prune_core.learners import (
     learner_inputs,
     list_learners,
     resolve_learner_input,
+    learner_caveat,
+    FROZEN_FEATURES_CAVEAT,
 )
 from prune_core.metrics import relabel_accuracy
 
@@ -78,7 +80,7 @@ def test_sop_and_dividemix_relabel_better_than_ce(task_seed):
         assert res.test_pred.shape == (300,)
         assert res.test_acc == pytest.approx(float((res.test_pred == y_test).mean()))
         assert res.test_acc == pytest.approx(res.history[-1]["test_acc"])  # last epoch, not the best
-        assert res.input == "embeddings"
+        assert res.input == "from-scratch"
         acc[name] = (relabel_accuracy(res.labels_all, y, subset), relabel_accuracy(res.labels_all, y))
     for name in ("sop", "dividemix"):
         assert acc[name][0] > acc["ce"][0] + 0.03, acc
@@ -145,15 +147,18 @@ def test_images_mode_on_digits_runs_each_learner():
         extra = {"warmup_epochs": 1} if name == "dividemix" else {}
         res = fit_learner(name, ds.x_train[:400], y[:400], subset, num_classes=10, x_test=ds.x_test[:100],
                           y_test=ds.y_test[:100], input="images", device="cpu", epochs=2, **extra)
-        assert res.input == "images" and res.labels_all.shape == (400,)
+        assert res.input == "from-scratch" and res.labels_all.shape == (400,)
         assert 0.0 <= res.test_acc <= 1.0
 
 
-def test_auto_input_is_embeddings_on_cpu():
-    assert resolve_learner_input("auto", "cpu") == "embeddings"
-    assert resolve_learner_input("images", "cpu") == "images"
-    with pytest.raises(InputError):
+def test_learner_input_defaults_to_from_scratch_on_every_device():
+    for alias in ("auto", "images", "from-scratch"):
+        assert resolve_learner_input(alias, "cpu") == "from-scratch"
+    assert resolve_learner_input("embeddings") == "frozen-features"
+    with pytest.raises(InputError, match="from-scratch, frozen-features"):
         resolve_learner_input("pixels", "cpu")
+    assert learner_caveat("frozen-features") == FROZEN_FEATURES_CAVEAT and "pruned" in FROZEN_FEATURES_CAVEAT
+    assert learner_caveat("auto") is None
 
     class FakeWarmup:  # learner_inputs only reads these for embeddings without a test split
         embeddings = np.zeros((5, 3), np.float32)
@@ -164,5 +169,40 @@ def test_auto_input_is_embeddings_on_cpu():
         x_test = None
         y_test = None
 
+    li = learner_inputs(FakeData(), FakeWarmup(), "frozen-features", device="cpu")
+    assert li.input == "frozen-features" and li.x_train.shape == (5, 3) and li.x_test is None
     li = learner_inputs(FakeData(), FakeWarmup(), "auto", device="cpu")
-    assert li.input == "embeddings" and li.x_train.shape == (5, 3) and li.x_test is None
+    assert li.input == "from-scratch" and li.x_train.shape == (5, 2) and li.model == "mlp"
+
+
+def test_from_scratch_learner_never_touches_pruned_examples():
+    """Pruned rows are NaN: a learner that trained on (or normalised with) any of them would
+    end with NaN weights. Every training batch must come from the kept rows only."""
+    import prune_core.learners as L
+
+    x, y, y_noisy, x_test, y_test = gaussian_task(seed=3)
+    subset = np.arange(0, 600, 3)
+    pruned = np.setdiff1d(np.arange(600), subset)
+    x_poisoned = x.copy()
+    x_poisoned[pruned] = np.nan
+    seen_rows = []
+    original = L._Source.__init__
+
+    def spy(self, x_arr, kind, norm, device):
+        seen_rows.append(np.asarray(x_arr).copy())
+        original(self, x_arr, kind, norm, device)
+
+    L._Source.__init__ = spy
+    try:
+        for name in ("ce", "sop"):
+            res = fit_learner(name, x_poisoned, y_noisy, subset, num_classes=5, x_test=x_test, y_test=y_test,
+                              input="from-scratch", seed=0, epochs=3)
+            assert np.isfinite(res.probs_all[subset]).all()
+            assert all(np.isfinite(h["train_loss"]) for h in res.history)
+            assert res.test_acc > 0.5  # it learned from the kept rows
+    finally:
+        L._Source.__init__ = original
+    # The first source of each fit is the training source: exactly the kept rows, in order.
+    train_sources = seen_rows[0::3]
+    for rows in train_sources:
+        np.testing.assert_array_equal(rows, x[subset])

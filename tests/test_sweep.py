@@ -9,12 +9,25 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
+import torch
 
 from prune_core import cli
 from prune_core.errors import InputError
 from prune_core.selection import _METHODS, MethodOutput, list_methods, register_method
-from prune_core.sweep import RESULT_COLUMNS, check_sweep_inputs, run_sweep, sweep_figures
+from prune_core.learners import FROZEN_FEATURES_CAVEAT
+from prune_core.sweep import (
+    GIVEN_LABELS_NAME,
+    RESULT_COLUMNS,
+    check_sweep_inputs,
+    label_accuracy_columns,
+    relabel_worse_than_given,
+    run_sweep,
+    sweep_caveat,
+    sweep_figures,
+    write_sweep_outputs,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 # The module, not the function `prune_core.warmup` that the package re-exports.
@@ -238,23 +251,162 @@ def test_method_variants_get_their_own_rows(features_npz):
     assert '"tau": 0.9' in df.params.iloc[1] and '"mode": "official"' in df.params.iloc[0]
 
 
-def test_report_script_dry_run_keeps_hand_written_text(tmp_path):
-    """bench/relabel_report.py end to end on digits (tiny), in-process; a missing USPS file skips."""
+def _load_report():
     spec = importlib.util.spec_from_file_location("relabel_report", ROOT / "bench" / "relabel_report.py")
     report = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(report)
-    doc = tmp_path / "results.md"
-    assert report.main(["--data", f"npz:{tmp_path / 'absent.npz'}", "--doc", str(doc)]) == 0 and not doc.exists()
+    return report
+
+
+def test_report_is_resumable_and_keeps_hand_written_text(tmp_path):
+    """bench/relabel_report.py --plan tiny (digits) in-process, twice: the second run finds every
+    unit in the units file and trains nothing; text outside the generated block is kept."""
+    report = _load_report()
+    doc, units = tmp_path / "results.md", tmp_path / "units.csv"
     doc.write_text("# kept above\n\n" + report.BEGIN + "\nold\n" + report.END + "\n\n## Hand-written analysis\nkept\n")
+    args = ["--plan", "tiny", "--jobs", "1", "--doc", str(doc), "--units", str(units), "--out", str(tmp_path / "out")]
     cwd = os.getcwd()
+    fits = []
+    real_fit = report.fit
+    report.fit = lambda *a, **k: fits.append(a[0]["method"]) or real_fit(*a, **k)
     try:
-        assert report.main(["--data", "digits", "--noises", "sym:0.4", "--seeds", "0", "--ratios", "0.5",
-                            "--methods", "uniform,prune4rel", "--learners", "ce", "--learner-epochs", "2",
-                            "--warmup-epochs", "2", "--no-study", "--jobs", "1", "--doc", str(doc),
-                            "--out", str(tmp_path / "out")]) == 0
+        assert report.main(args) == 0
+        assert len(fits) == 4  # 2 methods x 2 ratios x 1 seed x 1 learner
+        first = units.read_text()
+        assert report.main(args) == 0
+        assert len(fits) == 4 and units.read_text() == first  # nothing trained again
+        # A lost unit (e.g. an interrupted run) is the only one trained on the next call.
+        lines = first.splitlines()
+        units.write_text("\n".join(lines[:-1]) + "\n")
+        assert report.main(args) == 0
+        assert len(fits) == 5 and len(units.read_text().splitlines()) == len(lines)
     finally:
         os.chdir(cwd)
     text = doc.read_text()
     assert text.startswith("# kept above") and text.rstrip().endswith("kept") and "\nold\n" not in text
-    assert "| uniform |" in text and "| prune4rel |" in text and "Best method per keep ratio" in text
-    assert (tmp_path / "out" / "results.csv").exists() and (tmp_path / "out" / "curves_sym0.4.png").exists()
+    assert "| uniform |" in text and "| prune4rel |" in text and "*given labels*" in text
+    assert "4 of 4 units" in text and "from scratch on the kept examples only" in text
+    df = pd.read_csv(units)
+    assert (df.learner_input == "from-scratch").all() and df.learner_caveat.isna().all()
+
+
+def test_label_accuracy_columns_by_hand():
+    y_clean = np.array([0, 0, 0, 1, 1, 1, 2, 2, 2, 2])
+    y_given = np.array([0, 1, 0, 1, 1, 0, 2, 2, 1, 2])  # wrong at 1, 5, 8
+    after = np.array([0, 0, 0, 1, 1, 1, 2, 2, 2, 0])  # fixes all three, breaks 9
+    subset = np.array([0, 1, 2, 3])
+    cols = label_accuracy_columns(y_given, y_clean, subset, after)
+    assert cols["given_acc_all"] == pytest.approx(0.7) and cols["given_acc_subset"] == pytest.approx(0.75)
+    assert cols["relabel_acc_all"] == pytest.approx(0.9) and cols["relabel_acc_subset"] == pytest.approx(1.0)
+    assert cols["relabel_gain_all"] == pytest.approx(0.2) and cols["relabel_gain_subset"] == pytest.approx(0.25)
+    worse = label_accuracy_columns(y_given, y_clean, subset, np.zeros(10, int))
+    assert worse["relabel_gain_all"] == pytest.approx(0.3 - 0.7)
+    assert label_accuracy_columns(y_given, None, subset, after) == {
+        "given_acc_all": None, "given_acc_subset": None, "relabel_acc_all": None, "relabel_acc_subset": None,
+        "relabel_gain_all": None, "relabel_gain_subset": None}
+
+
+def test_sweep_reports_given_labels_and_draws_their_reference_line(features_npz, tmp_path):
+    from prune_core.data import load_dataset
+    from prune_core.noise import apply_noise
+
+    df = run_sweep({"data": features_npz, "noise": "sym:0.3", "warmup_epochs": 2}, ["uniform", "prune4rel"],
+                   [0.3, 0.6], [0, 1], "ce", learner_epochs=2)
+    for seed in (0, 1):
+        noisy = apply_noise(load_dataset(features_npz), "sym:0.3", seed=seed)
+        part = df[df.seed == seed]
+        assert part.given_acc_all.tolist() == pytest.approx([float((noisy.y_noisy == noisy.y_clean).mean())] * 4)
+    assert (df.relabel_gain_all - (df.relabel_acc_all - df.given_acc_all)).abs().max() < 1e-12
+    assert (df.relabel_gain_subset - (df.relabel_acc_subset - df.given_acc_subset)).abs().max() < 1e-12
+    assert (df.learner_input == "from-scratch").all() and df.learner_caveat.isna().all()
+    figs = sweep_figures(df)
+    ref = [t for t in figs["relabel_acc_all"].data if t.name == GIVEN_LABELS_NAME]
+    assert len(ref) == 1 and list(ref[0].y) == pytest.approx([df.given_acc_all.mean()] * 2)
+    assert all(t.name != GIVEN_LABELS_NAME for t in figs["test_acc"].data)
+    # The worse-than-given list is exactly the (method, ratio) cells with a negative mean gain.
+    gains = df.groupby(["method", "keep_ratio"]).relabel_gain_all.mean()
+    assert {(w["method"], w["keep_ratio"]) for w in relabel_worse_than_given(df)} == {
+        k for k, g in gains.items() if g < 0}
+    lowered = df.assign(relabel_acc_all=0.1, relabel_gain_all=0.1 - df.given_acc_all)
+    assert len(relabel_worse_than_given(lowered)) == 4
+    paths = write_sweep_outputs(df, tmp_path / "out", "tiny")
+    assert GIVEN_LABELS_NAME in paths["html"].read_text()
+    header = paths["results"].read_text().splitlines()[0].split(",")
+    assert {"given_acc_all", "given_acc_subset", "relabel_gain_all", "relabel_gain_subset"} <= set(header)
+
+
+def test_frozen_features_results_carry_their_caveat(features_npz, tmp_path):
+    df = run_sweep({"data": features_npz, "noise": "sym:0.3", "warmup_epochs": 2}, ["uniform"], [0.5], [0], "ce",
+                   learner_epochs=2, learner_input="frozen-features")
+    assert (df.learner_input == "frozen-features").all() and (df.learner_caveat == FROZEN_FEATURES_CAVEAT).all()
+    assert sweep_caveat(df) == FROZEN_FEATURES_CAVEAT
+    paths = write_sweep_outputs(df, tmp_path / "out", "tiny")
+    rows = list(csv.DictReader(open(paths["results"])))
+    assert rows[0]["learner_caveat"] == FROZEN_FEATURES_CAVEAT
+    assert FROZEN_FEATURES_CAVEAT in sweep_figures(df)["relabel_acc_all"].layout.title.text
+
+
+def test_from_scratch_learner_is_fresh_and_sees_kept_examples_only(features_npz, monkeypatch):
+    """The sweep's default learner: new weights (not the warm-up's), kept rows only."""
+    import prune_core.learners as L
+    import prune_core.models as M
+
+    warm = []
+    real_warmup = warmup_module.warmup
+    monkeypatch.setattr(warmup_module, "warmup", lambda *a, **k: warm.append(real_warmup(*a, **k)) or warm[-1])
+    built = []
+    real_build = M.build_model
+
+    def recording_build(*a, **k):
+        net = real_build(*a, **k)
+        built.append({n: p.detach().clone() for n, p in net.state_dict().items()})
+        return net
+
+    monkeypatch.setattr(M, "build_model", recording_build)
+    sources = []
+    real_source = L._Source.__init__
+
+    def spy(self, x, kind, norm, device):
+        sources.append(np.asarray(x).copy())
+        real_source(self, x, kind, norm, device)
+
+    monkeypatch.setattr(L._Source, "__init__", spy)
+    df = run_sweep({"data": features_npz, "noise": "sym:0.3", "warmup_epochs": 2}, ["small_loss"], [0.25], [0], "ce",
+                   learner_epochs=1)
+    assert len(df) == 1 and df.learner_input.iloc[0] == "from-scratch"
+    from prune_core.data import load_dataset
+
+    x = load_dataset(features_npz).x_train
+    kept = sources[0]
+    assert kept.shape == (60, 6)  # 25% of 240: the learner's training source holds the kept rows only
+    kept_rows = {tuple(r) for r in kept}
+    assert len(kept_rows) == 60 and kept_rows <= {tuple(r) for r in x}
+    assert len(built) == 1  # the learner's network (the warm-up builds its own elsewhere)
+    warm_state = warm[0].model.state_dict()
+    same = [n for n, t in built[0].items() if t.dtype.is_floating_point and t.shape == warm_state[n].shape
+            and torch.equal(t, warm_state[n].cpu()) and t.abs().sum() > 0 and n.endswith("weight")]
+    assert not same, f"learner started from warm-up weights: {same}"
+
+
+def test_sweep_on_two_worker_processes_equals_one_process(features_npz):
+    args = ({"data": features_npz, "noise": "sym:0.3", "warmup_epochs": 2}, ["uniform", "prune4rel"], [0.3, 0.6],
+            [0], "ce")
+    one = run_sweep(*args, learner_epochs=2, workers=1)
+    two = run_sweep(*args, learner_epochs=2, workers=2)
+    cols = ["method", "keep_ratio", "seed", "test_acc", "relabel_acc_all", "relabel_gain_all"]
+    pd.testing.assert_frame_equal(one[cols], two[cols])
+
+
+def test_sweep_reuses_a_given_warmup(features_npz, monkeypatch):
+    from prune_core.data import load_dataset
+    from prune_core.pipeline import RunConfig
+    from prune_core.sweep import prepare_seed
+
+    ds = load_dataset(features_npz)
+    config = RunConfig(data=features_npz, noise="sym:0.3", warmup_epochs=2)
+    ctx = prepare_seed(config, ds, 0)
+    calls = []
+    monkeypatch.setattr(warmup_module, "warmup", lambda *a, **k: calls.append(1))
+    df = run_sweep(config, ["uniform"], [0.5], [0], "ce", learner_epochs=1,
+                   precomputed={0: {"noisy": ctx.noisy, "wu": ctx.wu, "graph": ctx.graph, "ginfo": ctx.ginfo}})
+    assert not calls and df.warmup_reused.all() and df.warmup_seconds.iloc[0] == 0

@@ -20,6 +20,7 @@ from prune_core.models import (
     build_model,
     compute_normalization,
     resolve_model_name,
+    to_device,
     to_tensor_batch,
 )
 from prune_core.warmup import WarmupResult, predict, resolve_device, warmup
@@ -74,6 +75,8 @@ def make_grey(n=150, num_classes=3, size=8, seed=0, with_test=True):
     ("small_cnn", "grey", (8, 8)),
     ("small_cnn", "rgb", (16, 16, 3)),
     ("resnet18", "rgb", (32, 32, 3)),
+    ("resnet20", "rgb", (32, 32, 3)),
+    ("resnet20", "grey", (16, 16)),
     ("preact_resnet18", "rgb", (32, 32, 3)),
     ("preact_resnet18", "grey", (32, 32)),
 ])
@@ -90,8 +93,22 @@ def test_model_gives_logits_and_embedding(name, kind, shape):
         plain = model(batch)
     assert logits.shape == (2, 5)
     assert emb.shape == (2, model.embedding_dim)
-    assert model.embedding_dim == (128 if name in ("mlp", "small_cnn") else 512)
+    assert model.embedding_dim == {"mlp": 128, "small_cnn": 128, "resnet20": 64}.get(name, 512)
     assert torch.allclose(plain, logits)
+    if kind != "features":  # the channels_last path gives the same outputs
+        cl = to_device(model, "cpu")
+        assert batch.is_contiguous(memory_format=torch.channels_last)
+        with torch.no_grad():
+            assert torch.allclose(cl(batch), plain, atol=1e-5)
+
+
+def test_resnet20_is_the_cifar_resnet_and_the_cpu_default():
+    net = build_model("resnet20", "rgb", (32, 32, 3), 10)
+    convs = [m for m in net.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3)]
+    assert len(convs) == 19  # stem + 3 stages x 3 blocks x 2 convs; + fc = 20 weighted layers
+    assert 0.26e6 < sum(p.numel() for p in net.parameters()) < 0.28e6  # He et al.: 0.27M
+    assert resolve_model_name("auto", "rgb", (32, 32, 3), num_examples=50_000) == "resnet20"
+    assert resolve_model_name("auto", "rgb", (32, 32, 3), num_examples=50_000, device_type="cuda") == "preact_resnet18"
 
 
 def test_to_tensor_batch_layout_and_normalisation():
@@ -123,9 +140,9 @@ def test_resolve_model_name_rule_and_errors():
     assert resolve_model_name("auto", "grey", (28, 28)) == "small_cnn"
     assert resolve_model_name("auto", "rgb", (16, 16, 3)) == "small_cnn"
     assert resolve_model_name("auto", "rgb", (32, 32, 3), num_examples=500) == "small_cnn"
-    assert resolve_model_name("auto", "rgb", (32, 32, 3), num_examples=50_000) == "resnet18"
+    assert resolve_model_name("auto", "rgb", (32, 32, 3), num_examples=50_000) == "resnet20"
     assert resolve_model_name("preact_resnet18", "rgb", (32, 32, 3)) == "preact_resnet18"
-    assert set(MODEL_NAMES) == {"mlp", "small_cnn", "resnet18", "preact_resnet18"}
+    assert set(MODEL_NAMES) == {"mlp", "small_cnn", "resnet20", "resnet18", "preact_resnet18"}
     with pytest.raises(InputError, match="unknown model"):
         resolve_model_name("vgg", "rgb", (32, 32, 3))
     with pytest.raises(InputError):
@@ -185,7 +202,7 @@ def test_warmup_on_grey_images_with_noisy_labels():
     assert np.allclose(probs, result.probs, atol=1e-5) and np.allclose(emb, result.embeddings, atol=1e-4)
 
 
-@pytest.mark.parametrize("model,size,n", [("small_cnn", 16, 40), ("resnet18", 32, 8)])
+@pytest.mark.parametrize("model,size,n", [("small_cnn", 16, 40), ("resnet18", 32, 8), ("resnet20", 32, 8)])
 def test_warmup_on_rgb_images_with_crop_and_flip(model, size, n):
     rng = np.random.default_rng(0)
     y = np.arange(n) % 2
@@ -195,7 +212,7 @@ def test_warmup_on_rgb_images_with_crop_and_flip(model, size, n):
     result = warmup(ds, y, epochs=1, model=model, batch_size=8, device="cpu")
     assert result.config["augment"] is True
     assert result.probs.shape == (n, 2)
-    assert result.embeddings.shape == (n, 128 if model == "small_cnn" else 512)
+    assert result.embeddings.shape == (n, {"small_cnn": 128, "resnet20": 64}.get(model, 512))
     assert np.isfinite(result.embeddings).all()
 
 
