@@ -24,6 +24,7 @@ import numba
 import numpy as np
 
 from .errors import InputError
+from .validation import check_labels, check_probs
 
 BALANCE_KINDS = ("none", "equal", "proportional")
 
@@ -255,10 +256,16 @@ def rank_by_score(score: np.ndarray, budget: int, labels=None, balance: str = "n
 
 
 def _check_inputs(inputs: SelectionInputs, needs: tuple[str, ...], method: str) -> None:
-    """Every required input is present; every given array has N rows and finite values."""
+    """Every required input is present; every given array has N rows and finite values.
+
+    probs must be probability rows (`validation.check_probs`; stored back as float64) and
+    labels integer class ids in [0, num_classes) (`validation.check_labels`).
+    """
     for name in needs:
         if getattr(inputs, name) is None:
             raise InputError(f"method {method!r} needs {name}, which was not given")
+    if inputs.probs is not None:
+        inputs.probs = check_probs(inputs.probs, inputs.n, inputs.num_classes)
     for name in ("probs", "embeddings", "labels", "losses", "forgetting"):
         value = getattr(inputs, name)
         if value is None:
@@ -271,12 +278,9 @@ def _check_inputs(inputs: SelectionInputs, needs: tuple[str, ...], method: str) 
     if inputs.graph is not None and inputs.graph.shape != (inputs.n, inputs.n):
         raise InputError(f"graph shape {inputs.graph.shape} does not match N={inputs.n}")
     if inputs.labels is not None:
-        labels = inputs.labels
-        if labels.ndim != 1 or labels.dtype.kind not in "iu":
-            raise InputError("labels must be a 1-D integer array")
-        c = inputs.num_classes
-        if labels.size and (labels.min() < 0 or (c is not None and labels.max() >= c)):
-            raise InputError(f"labels out of range [0, {c})")
+        if inputs.labels.dtype.kind not in "iu":
+            raise InputError(f"labels must be a 1-D integer array; got dtype {inputs.labels.dtype}")
+        inputs.labels = check_labels(inputs.labels, "labels", num_classes=inputs.num_classes, n=inputs.n)
 
 
 def select(

@@ -262,6 +262,7 @@ def run_sweep(
     from .prune4rel import neighbourhood_confidence
     from .scores import confidence as confidence_of
     from .selection import get_method, select
+    from .validation import check_k
     from .warmup import resolve_device, warmup
 
     config = _as_config(config_base)
@@ -306,6 +307,7 @@ def run_sweep(
     torch_threads = torch.get_num_threads()
     report("load", 0.0, f"loading {config.data}")
     ds = load_dataset(config.data, download=config.download)
+    check_k(config.k, ds.n_train)  # before any warm-up
     rows: list[dict] = []
     max_ratio = ratios[-1]
     for seed in seeds:
