@@ -39,7 +39,7 @@ SPEC_FORMS = (
     "imagefolder:PATH"
 )
 TORCHVISION_NAMES = ("mnist", "fashionmnist", "cifar10", "cifar100", "svhn")
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
 
 @dataclass

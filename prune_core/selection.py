@@ -308,10 +308,18 @@ def select(
     method's parameters (e.g. tau, eta, mode, balance, confidence for prune4rel).
     """
     info = get_method(method)
-    n = next((len(a) if not hasattr(a, "shape") else a.shape[0]
-              for a in (probs, embeddings, labels, losses, forgetting, graph) if a is not None), None)
-    if n is None:
+    given = [(name, a) for name, a in (("probs", probs), ("embeddings", embeddings), ("labels", labels),
+                                        ("losses", losses), ("forgetting", forgetting), ("graph", graph))
+             if a is not None]
+    if not given:
         raise InputError("select needs at least one input array (probs, embeddings, labels...)")
+    for name, a in given:
+        if len(a.shape if hasattr(a, "shape") else np.shape(a)) == 0:
+            raise InputError(f"{name} must be an array with one row per example, got a scalar")
+    first = given[0][1]
+    n = int(first.shape[0] if hasattr(first, "shape") else len(first))
+    if probs is not None:
+        probs = check_probs(probs, n, num_classes)
     if budget is None:
         if keep_ratio is None:
             raise InputError("give keep_ratio or budget")

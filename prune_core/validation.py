@@ -110,9 +110,12 @@ def check_labels(y, name: str = "labels", num_classes: int | None = None, n: int
         whole = np.isfinite(y) & (y == np.round(y))
         if not whole.all():
             first = int(np.flatnonzero(~whole)[0])
-            raise InputError(f"{name} must hold integer class labels; found non-integer value {y[first]:g} at position {first}")
-        if y.size and np.abs(y).max() >= 2**62:
-            raise InputError(f"{name} has a label too large for a class id ({np.abs(y).max():g})")
+            raise InputError(
+                f"{name} must hold integer class labels; found non-integer value {y[first]:g} at position {first}"
+            )
+        largest = float(np.abs(y).max()) if y.size else 0.0
+        if largest >= 2.0**62:
+            raise InputError(f"{name} has a label too large for a class id ({largest:g})")
     elif not np.issubdtype(y.dtype, np.integer):
         raise InputError(f"{name} must hold integer class labels; got dtype {y.dtype}")
     elif y.dtype == np.uint64 and y.size and y.max() > np.iinfo(np.int64).max:
