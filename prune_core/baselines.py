@@ -38,7 +38,7 @@ import numba
 import numpy as np
 
 from .errors import InputError, check_cancel
-from .scores import validate_probs
+from .validation import check_labels, check_probs
 from .selection import MethodOutput, class_target_sequence, rank_by_score, register_method
 
 CCS_SCORES = ("el2n", "forgetting")
@@ -60,19 +60,16 @@ def _balance_labels(inputs, balance: str, method: str):
 def _probs(inputs, method: str) -> np.ndarray:
     if inputs.probs is None:
         raise InputError(f"{method} needs probs (softmax probabilities, N x C)")
-    return validate_probs(inputs.probs, inputs.n)
+    return check_probs(inputs.probs, inputs.n)
 
 
 def _labels(inputs, method: str, num_classes: int | None = None) -> np.ndarray:
     if inputs.labels is None:
         raise InputError(f"{method} needs labels (the given, possibly noisy, labels)")
     y = np.asarray(inputs.labels)
-    if y.ndim != 1 or y.dtype.kind not in "iu":
-        raise InputError(f"{method}: labels must be a 1-D integer array")
-    y = y.astype(np.int64)
-    if y.size and (y.min() < 0 or (num_classes is not None and y.max() >= num_classes)):
-        raise InputError(f"{method}: labels out of range [0, {num_classes})")
-    return y
+    if y.dtype.kind not in "iu":
+        raise InputError(f"{method}: labels must be a 1-D integer array; got dtype {y.dtype}")
+    return check_labels(y, f"{method}: labels", num_classes=num_classes)
 
 
 def _vector(inputs, name: str, method: str) -> np.ndarray:

@@ -15,14 +15,28 @@ EXIT_USAGE = 2
 
 
 class OneLineParser(argparse.ArgumentParser):
-    """argparse that reports a usage error as one line and exit code 2."""
+    """argparse that reports a usage error as one line and exit code 2.
+
+    Abbreviated flags are refused (`--seed` is not read as `--seeds`).
+    """
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
 
 
 def _tau(text: str):
-    return text if text.strip().lower() == "auto" else float(text)
+    """argparse type: 'auto' or a number in [0, 1) (checked by the graph's own tau parser)."""
+    from .graph import _parse_tau
+
+    try:
+        value, _ = _parse_tau(text)
+    except InputError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return "auto" if value is None else value
 
 
 def _number_list(cast):
@@ -142,6 +156,8 @@ def cmd_run(args) -> int:
 
     budget_for(args.keep_ratio, 2)  # reject an impossible ratio before any training
     result = run_pipeline(config, progress=_progress_printer(args.quiet))
+    if result.graph_info.fallback:
+        print(f"note: {result.graph_info.fallback}", file=sys.stderr)
     paths = write_run_outputs(result, args.out)
     m = result.metrics
     summary = {
@@ -156,6 +172,9 @@ def cmd_run(args) -> int:
 
 def cmd_sweep(args) -> int:
     from .sweep import run_sweep_cli
+    from .validation import check_run_options
+
+    check_run_options(_config_from_args(args))  # graph and prune4rel options, before any training
 
     return run_sweep_cli(args, _config_from_args, _progress_printer(args.quiet))
 

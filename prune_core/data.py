@@ -32,13 +32,14 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InputError
+from .validation import check_labels, encode_label_values, image_to_uint8
 
 SPEC_FORMS = (
     "digits, npz:PATH, torchvision:NAME:ROOT (NAME: mnist, fashionmnist, cifar10, cifar100, svhn), "
     "imagefolder:PATH"
 )
 TORCHVISION_NAMES = ("mnist", "fashionmnist", "cifar10", "cifar100", "svhn")
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
 
 @dataclass
@@ -54,6 +55,8 @@ class Dataset:
         num_classes: C; every label is in [0, C).
         class_names: C names, index = label.
         name: the SPEC string the dataset came from.
+        label_values: (C,) int64 original label values when the source's labels were not
+            0..C-1 (id i stands for label_values[i]; exports map ids back), else None.
     """
 
     x_train: np.ndarray
@@ -64,6 +67,7 @@ class Dataset:
     num_classes: int = 0
     class_names: list[str] = field(default_factory=list)
     name: str = ""
+    label_values: np.ndarray | None = None
 
     @property
     def kind(self) -> str:
@@ -96,6 +100,7 @@ class Dataset:
             "x_dtype": str(self.x_train.dtype),
             "num_classes": int(self.num_classes),
             "class_names": [str(c) for c in self.class_names],
+            "label_values": None if self.label_values is None else [int(v) for v in self.label_values],
             "class_counts": [int(c) for c in counts],
             "has_clean": self.y_train_clean is not None,
             "n_given_differs_from_clean": differs,
@@ -106,34 +111,12 @@ class Dataset:
 
 
 def _as_labels(y, what: str) -> np.ndarray:
-    """Check that `y` is a 1-D array of non-negative integer labels; return it as int64.
-
-    Float arrays are accepted only when every value is a whole number (e.g. labels that went
-    through pandas); bool arrays become 0/1.
-    """
-    y = np.asarray(y)
-    if y.ndim != 1:
-        raise InputError(f"{what} must be 1-D (one label per example); got shape {y.shape}")
-    if y.dtype == bool:
-        y = y.astype(np.int64)
-    elif np.issubdtype(y.dtype, np.floating):
-        if not np.all(np.isfinite(y)) or np.any(y != np.round(y)):
-            raise InputError(f"{what} must hold integer class labels; found non-integer values")
-        y = y.astype(np.int64)
-    elif not np.issubdtype(y.dtype, np.integer):
-        raise InputError(f"{what} must hold integer class labels; got dtype {y.dtype}")
-    y = y.astype(np.int64, copy=False)
-    if y.size and y.min() < 0:
-        raise InputError(f"{what} has negative labels (min {int(y.min())}); labels must be 0..C-1")
-    return y
+    """(N,) int64 non-negative labels (see `validation.check_labels`)."""
+    return check_labels(y, what)
 
 
 def _check_label_range(y: np.ndarray, what: str, num_classes: int) -> None:
-    if y.size and y.max() >= num_classes:
-        raise InputError(
-            f"{what} has label {int(y.max())} out of range; there are {num_classes} classes "
-            f"(labels 0..{num_classes - 1})"
-        )
+    check_labels(y, what, num_classes=num_classes)
 
 
 def _as_images_or_features(x, what: str) -> np.ndarray:
@@ -197,6 +180,11 @@ def validate_dataset(ds: Dataset) -> Dataset:
     class_names = [str(c) for c in ds.class_names] if ds.class_names else [str(i) for i in range(num_classes)]
     if len(class_names) != num_classes:
         raise InputError(f"class_names lists {len(class_names)} names but there are {num_classes} classes")
+    label_values = None
+    if ds.label_values is not None:
+        label_values = np.asarray(ds.label_values, dtype=np.int64)
+        if label_values.shape != (num_classes,) or np.any(np.diff(label_values) <= 0):
+            raise InputError(f"label_values must be {num_classes} increasing label values, one per class")
 
     y_clean = None
     if ds.y_train_clean is not None:
@@ -238,6 +226,7 @@ def validate_dataset(ds: Dataset) -> Dataset:
         y_test=y_test,
         num_classes=num_classes,
         class_names=class_names,
+        label_values=label_values,
     )
 
 
@@ -370,24 +359,33 @@ def _load_npz(spec: str, path: str, test_fraction: float, seed: int) -> Dataset:
     except Exception as e:  # not a zip / corrupt file
         raise InputError(f"{path}: not a readable .npz file ({type(e).__name__}: {e})") from None
 
-    labels = {k: _as_labels(arrays[k], k) for k in ("y_train", "y_train_clean", "y_test") if k in arrays}
+    label_keys = [k for k in ("y_train", "y_train_clean", "y_test") if k in arrays]
     class_names = None
+    label_values = None
     if "class_names" in arrays:
         names = arrays["class_names"]
         if names.ndim != 1:
             raise InputError(f"{path}: class_names must be 1-D; got shape {names.shape}")
         class_names = [str(n) for n in names.tolist()]
-    max_label = max((int(y.max()) for y in labels.values() if y.size), default=-1)
     if class_names is not None:
         num_classes = len(class_names)
+        labels = {k: _as_labels(arrays[k], k) for k in label_keys}
         for k, y in labels.items():
             if y.size and y.max() >= num_classes:
                 raise InputError(
                     f"{k} has label {int(y.max())} but class_names lists only {num_classes} classes"
                 )
     else:
-        num_classes = max_label + 1
-        class_names = [str(i) for i in range(num_classes)]
+        # Labels that are not 0..C-1 ({10, 20, 30}, {0, 5, 9}) get contiguous ids;
+        # the original values become the class names and `label_values` (exports map back).
+        labels = {k: check_labels(arrays[k], k) for k in label_keys}
+        labels, label_values = encode_label_values(labels)
+        if label_values is None:
+            num_classes = max((int(y.max()) for y in labels.values() if y.size), default=-1) + 1
+            class_names = [str(i) for i in range(num_classes)]
+        else:
+            num_classes = len(label_values)
+            class_names = [str(int(v)) for v in label_values]
     ds = Dataset(
         x_train=arrays["x_train"],
         y_train=labels["y_train"],
@@ -397,6 +395,7 @@ def _load_npz(spec: str, path: str, test_fraction: float, seed: int) -> Dataset:
         num_classes=num_classes,
         class_names=class_names,
         name=spec,
+        label_values=label_values,
     )
     return _with_holdout(ds, test_fraction, seed)
 
@@ -519,12 +518,16 @@ def _load_imagefolder(spec: str, path: str, test_fraction: float, seed: int, ima
         for i, f in enumerate(files):
             try:
                 with Image.open(f) as im:
-                    im = im.convert("RGB")
-                    if im.size != size:
-                        im = im.resize(size, Image.BILINEAR)
-                    out[i] = np.asarray(im)
+                    pixels = image_to_uint8(im, f)  # 8-bit grey or RGB, every PIL mode (16-bit scaled)
+            except InputError:
+                raise
             except Exception as e:
                 raise InputError(f"cannot read image file {f} ({type(e).__name__})") from None
+            img = Image.fromarray(pixels)
+            if img.size != size:
+                img = img.resize(size, Image.BILINEAR)
+            pixels = np.asarray(img)
+            out[i] = pixels[..., None] if pixels.ndim == 2 else pixels
         return out
 
     x_train = read(tr_files)

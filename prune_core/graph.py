@@ -77,6 +77,7 @@ class GraphInfo:
     median_degree: float
     isolated_fraction: float  # share of examples with no neighbour but themselves
     seconds: float
+    fallback: str | None = None  # why another backend than the one asked for was used
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -167,6 +168,15 @@ def _faiss_gpu_available() -> bool:
 
 
 SEARCHES = ("auto", "exact", "blocked", "ivf", "hnsw")
+# faiss IVF trains one inverted list per 39 examples at least; below that the search is exact.
+IVF_MIN_N = 39
+
+
+def small_data_fallback(n: int, search: str) -> str | None:
+    """Why `search` cannot serve N examples (the search then runs exact), or None when it can."""
+    if search == "ivf" and n < IVF_MIN_N:
+        return f"ivf search needs at least {IVF_MIN_N} examples (N={n}); using exact search"
+    return None
 
 
 def resolve_search(n: int, search: str, device: str = "auto") -> str:
@@ -189,6 +199,8 @@ def resolve_search(n: int, search: str, device: str = "auto") -> str:
             raise InputError("graph device 'cuda' asked for, but no CUDA device is available")
     if search == "auto":
         return "exact" if n <= EXACT_SEARCH_MAX_N else "blocked"
+    if small_data_fallback(n, search):
+        return "exact"
     return search
 
 
@@ -946,6 +958,7 @@ def build_graph_with_knn(
     if pca_dim is not None:
         z = _pca_reduce(z, int(pca_dim), seed)
     ids = cos = None
+    fallback = None
     if k is None:
         if tau_value is None:
             raise InputError("tau='auto' needs a kNN graph (k), not an untruncated range search")
@@ -953,6 +966,9 @@ def build_graph_with_knn(
         backend = "exact-range"
     else:
         backend = resolve_search(n, search, device)
+        fallback = small_data_fallback(n, search)
+        if fallback and progress:
+            progress(0.0, fallback, {})
         if backend in ("blocked", "exact"):
             # Same as knn_search, but z (our own copy) is reordered in place and freed
             # before the kNN lists are allocated: one N x D copy at any time.
@@ -970,7 +986,7 @@ def build_graph_with_knn(
         graph = _csr_from_knn(ids, similarity_from_cosine(cos), tau_value, n)
     info = graph_info(
         graph, k=k, tau=float(tau_value), tau_requested=tau_text, search=backend,
-        pca_dim=pca_dim, seconds=time.perf_counter() - start,
+        pca_dim=pca_dim, seconds=time.perf_counter() - start, fallback=fallback,
     )
     if info.edges == 0 and not allow_empty:
         raise InputError(

@@ -27,27 +27,17 @@ import pandas as pd
 import scipy.sparse as sp
 
 from .errors import InputError
+from .validation import check_labels, check_probs, label_values_of
 
 
 def _check(probs, labels, num_classes=None) -> tuple[np.ndarray, np.ndarray, int]:
-    p = np.asarray(probs, dtype=np.float64)
-    if p.ndim != 2 or p.shape[1] < 2:
-        raise InputError(f"probs must be (N, C) with C >= 2, got shape {p.shape}")
-    if not np.isfinite(p).all() or (p < 0).any():
-        raise InputError("probs must be finite and non-negative")
+    """(probs (N, C) float64, labels (N,) int64, C), checked by the shared input layer (never renormalised)."""
+    p = check_probs(probs, num_classes=None if num_classes is None else int(num_classes))
     y = np.asarray(labels)
-    if y.ndim != 1 or len(y) != len(p):
-        raise InputError(f"labels must be (N,) = ({len(p)},), got shape {y.shape}")
     if y.dtype.kind not in "iu":
         raise InputError(f"labels must be integers, got dtype {y.dtype}")
-    c = int(num_classes or p.shape[1])
-    if c != p.shape[1]:
-        raise InputError(f"probs have {p.shape[1]} columns but num_classes is {c}")
-    if y.size and (y.min() < 0 or y.max() >= c):
-        raise InputError(f"labels must be in 0..{c - 1}")
-    rows = p.sum(axis=1, keepdims=True)
-    p = np.divide(p, rows, out=np.full_like(p, 1.0 / c), where=rows > 0)
-    return p, y.astype(np.int64), c
+    c = p.shape[1]
+    return p, check_labels(y, "labels", num_classes=c, n=len(p)), c
 
 
 def neighbour_label_distribution(labels: np.ndarray, num_classes: int, graph=None, knn_ids=None,
@@ -185,11 +175,13 @@ def average_precision(ranking, is_noisy) -> float:
     return float((hits[noisy] / (np.flatnonzero(noisy) + 1)).mean())
 
 
-def corrections_frame(issues: pd.DataFrame, decisions: dict) -> pd.DataFrame:
+def corrections_frame(issues: pd.DataFrame, decisions: dict, label_values=None) -> pd.DataFrame:
     """Accepted corrections as a DataFrame: index, given_label, corrected_label, confidence, score.
 
     decisions: {index (int or str): {"decision": "accept"|"reject", "label": int (optional)}}.
-    The corrected label is the decision's label, else the suggested one.
+    The corrected label is the decision's label, else the suggested one. label_values: the
+    dataset's original label values (`Dataset.label_values`, (C,)) when its labels were mapped
+    to contiguous ids; both label columns are then written in those values.
     """
     by_index = issues.set_index("index")
     rows = []
@@ -203,4 +195,8 @@ def corrections_frame(issues: pd.DataFrame, decisions: dict) -> pd.DataFrame:
         label = int(d["label"]) if d.get("label") is not None else int(r["suggested_label"])
         rows.append({"index": i, "given_label": int(r["given_label"]), "corrected_label": label,
                      "confidence": float(r["confidence"]), "score": float(r["score"])})
-    return pd.DataFrame(rows, columns=["index", "given_label", "corrected_label", "confidence", "score"])
+    out = pd.DataFrame(rows, columns=["index", "given_label", "corrected_label", "confidence", "score"])
+    if label_values is not None and len(out):
+        for column in ("given_label", "corrected_label"):
+            out[column] = label_values_of(out[column].to_numpy(), label_values)
+    return out

@@ -20,7 +20,6 @@ so a swap pair (5>6,6>5) never flips an example twice. All randomness comes from
 
 from __future__ import annotations
 
-import csv
 import importlib
 import math
 import pickle
@@ -32,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InputError
+from .validation import check_labels, map_to_label_ids, read_label_csv
 
 NOISE_FORMS = "none, sym:RATE, asym:RATE, asym:RATE:MAP (MAP: digits|cifar10|cifar10_pairs|cyclic|'2>7,3>8'), labels:PATH[#KEY]"
 
@@ -375,61 +375,6 @@ def _pick_key(obj, key: str | None, path: Path) -> object:
     return obj
 
 
-def _read_csv_labels(path: Path, key: str | None) -> np.ndarray:
-    """Labels from a CSV: one per line, or a header with a `label` (or #KEY) column, or index,label."""
-    with open(path, newline="") as f:
-        rows = [r for r in csv.reader(f) if r and any(c.strip() for c in r)]
-    if not rows:
-        raise InputError(f"{path} has no labels")
-
-    def is_number(text: str) -> bool:
-        try:
-            float(text)
-            return True
-        except ValueError:
-            return False
-
-    header = None
-    if not all(is_number(c) for c in rows[0]):
-        header, rows = [c.strip().lower() for c in rows[0]], rows[1:]
-    width = len(header) if header else len(rows[0])
-    index_col = None
-    if header:
-        wanted = key.lower() if key else "label"
-        if wanted in header:
-            label_col = header.index(wanted)
-        elif key is None and width == 1:
-            label_col = 0
-        elif key is None and width == 2 and "index" in header:
-            label_col = 1 - header.index("index")
-        else:
-            raise InputError(f"{path} has no column '{wanted}'; columns: {', '.join(header)} (pick one with #COLUMN)")
-        if "index" in header and header.index("index") != label_col:
-            index_col = header.index("index")
-    elif width == 1:
-        label_col = 0
-    elif width == 2:
-        index_col, label_col = 0, 1
-    else:
-        raise InputError(f"{path} has {width} columns and no header; use one label per line or index,label")
-    if key is not None and header is None:
-        raise InputError(f"{path} has no header, so '#{key}' names no column")
-
-    try:
-        labels = np.array([float(r[label_col]) for r in rows])
-        index = None if index_col is None else np.array([float(r[index_col]) for r in rows])
-    except (ValueError, IndexError):
-        raise InputError(f"{path}: every row needs a numeric label") from None
-    if index is not None:
-        order = index.astype(np.int64)
-        if np.any(order != index) or not np.array_equal(np.sort(order), np.arange(len(order))):
-            raise InputError(f"{path}: the index column must list 0..N-1 once each")
-        out = np.empty_like(labels)
-        out[order] = labels
-        labels = out
-    return labels
-
-
 def read_label_file(path: str, key: str | None = None) -> np.ndarray:
     """Read noisy labels ((N,) array, not yet range-checked) from .npy, .npz, .csv or .pt/.pth.
 
@@ -457,7 +402,7 @@ def read_label_file(path: str, key: str | None = None) -> np.ndarray:
         except Exception as e:
             raise InputError(f"{path}: not a readable .npz of plain arrays ({type(e).__name__})") from None
     elif suffix == ".csv":
-        values = _read_csv_labels(p, key)
+        values = read_label_csv(p, key)
     elif suffix in (".pt", ".pth"):
         values = _pick_key(_load_torch_file(p), key, p)
     else:
@@ -470,25 +415,22 @@ def read_label_file(path: str, key: str | None = None) -> np.ndarray:
         raise InputError(f"{path}: the labels are not an array") from None
 
 
-def _check_file_labels(values: np.ndarray, n: int, num_classes: int, path: str) -> np.ndarray:
+def _check_file_labels(values: np.ndarray, n: int, num_classes: int, path: str,
+                       label_values: np.ndarray | None = None) -> np.ndarray:
+    """(n,) int64 class ids from a label file's values.
+
+    Without `label_values` the file holds ids 0..num_classes-1. With them (a dataset whose own
+    labels were not 0..C-1, e.g. {10, 20, 30}) the file holds the same original values, which
+    are mapped to the dataset's ids; a value the dataset does not have is refused.
+    """
     values = np.asarray(values)
     if values.ndim == 2 and 1 in values.shape:
         values = values.reshape(-1)
-    if values.ndim != 1:
-        raise InputError(f"{path}: labels must be 1-D; got shape {values.shape}")
-    if values.dtype.kind == "f":
-        if not np.all(np.isfinite(values)) or np.any(values != np.round(values)):
-            raise InputError(f"{path}: labels must be integers; found non-integer values")
-    elif values.dtype.kind not in "iub":
-        raise InputError(f"{path}: labels must be integers; got dtype {values.dtype}")
-    values = values.astype(np.int64)
-    if len(values) != n:
+    if values.ndim == 1 and len(values) != n:
         raise InputError(f"{path} has {len(values)} labels but the training set has {n} examples")
-    if values.size and (values.min() < 0 or values.max() >= num_classes):
-        raise InputError(
-            f"{path}: labels out of range ({int(values.min())}..{int(values.max())}); need 0..{num_classes - 1}"
-        )
-    return values
+    if label_values is None:
+        return check_labels(values, path, num_classes=num_classes)
+    return map_to_label_ids(check_labels(values, path), label_values, path)
 
 
 # --------------------------------------------------------------------------- dataset level
@@ -516,7 +458,7 @@ def apply_noise(ds, spec: str | NoiseSpec, seed: int | None = 0) -> NoisyLabels:
         y_clean = ds.y_train_clean if ds.y_train_clean is not None else ds.y_train
     else:
         values = read_label_file(ns.path, ns.key)
-        y_noisy = _check_file_labels(values, len(ds.y_train), c, ns.path)
+        y_noisy = _check_file_labels(values, len(ds.y_train), c, ns.path, getattr(ds, "label_values", None))
         y_clean = ds.y_train_clean if ds.y_train_clean is not None else ds.y_train
 
     if y_clean is None:

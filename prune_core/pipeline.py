@@ -20,6 +20,7 @@ from .metrics import selection_metrics
 from .runstore import atomic_write_bytes, atomic_write_json  # noqa: F401  (re-exported)
 from .scores import confidence as confidence_of
 from .selection import get_method, select
+from .validation import check_k, check_run_options, label_values_of
 
 STAGES = ("load", "noise", "warmup", "graph", "select", "metrics")
 
@@ -99,11 +100,12 @@ def run_pipeline(config: RunConfig, progress=None, cancel=None) -> RunResult:
                 progress(stage, fraction, message, metrics or {})
         return inner
 
-    get_method(config.method)  # fail fast on an unknown method, before any training
+    check_run_options(config)  # names, syntax and ranges, before any loading or training
     timings = {}
     t = time.perf_counter()
     report("load")(0.0, f"loading {config.data}")
     ds = load_dataset(config.data, download=config.download)
+    check_k(config.k, ds.n_train)  # k against N, before the warm-up
     timings["load"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -162,16 +164,22 @@ def _library_versions() -> dict:
 
 
 def selection_table(result: RunResult):
-    """DataFrame with one row per training example: index, rank (-1 dropped), selected, labels, confidence."""
+    """DataFrame with one row per training example: index, rank (-1 dropped), selected, labels, confidence.
+
+    Labels are written in the dataset's original values (`Dataset.label_values`, e.g. 10, 20,
+    30) when its labels were mapped to contiguous ids on loading.
+    """
     import pandas as pd
 
     ranks = result.selection.ranks
+    values = getattr(getattr(result, "dataset", None), "label_values", None)
     clean = result.noisy.y_clean
+    clean = None if clean is None else label_values_of(clean, values)
     return pd.DataFrame({
         "index": np.arange(result.selection.n),
         "rank": ranks,
         "selected": (ranks >= 0).astype(np.int8),
-        "given_label": result.noisy.y_noisy,
+        "given_label": label_values_of(result.noisy.y_noisy, values),
         "clean_label": pd.array(clean, dtype="Int64") if clean is not None else pd.array([pd.NA] * ranks.size, dtype="Int64"),
         "confidence": np.round(result.confidence, 6),
     })

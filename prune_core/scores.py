@@ -5,20 +5,14 @@ from __future__ import annotations
 import numpy as np
 
 from .errors import InputError
+from .validation import check_probs
 
 CONFIDENCE_KINDS = ("maxprob", "margin", "entropy")
 
 
 def validate_probs(probs: np.ndarray, n: int | None = None) -> np.ndarray:
-    """Check softmax probabilities (N, C): finite, non-negative, C >= 2. Returns float64."""
-    p = np.asarray(probs, dtype=np.float64)
-    if p.ndim != 2 or p.shape[1] < 2:
-        raise InputError(f"probs must be a 2-D array (N, C) with C >= 2, got shape {p.shape}")
-    if n is not None and p.shape[0] != n:
-        raise InputError(f"probs have {p.shape[0]} rows but there are {n} examples")
-    if not np.isfinite(p).all() or (p < 0).any():
-        raise InputError("probs must be finite and non-negative")
-    return p
+    """Softmax probabilities (N, C) as float64, checked by `validation.check_probs`."""
+    return check_probs(probs, n)
 
 
 def confidence(probs: np.ndarray, kind: str = "maxprob") -> np.ndarray:

@@ -24,6 +24,7 @@ import numba
 import numpy as np
 
 from .errors import InputError
+from .validation import check_labels, check_probs
 
 BALANCE_KINDS = ("none", "equal", "proportional")
 
@@ -255,10 +256,16 @@ def rank_by_score(score: np.ndarray, budget: int, labels=None, balance: str = "n
 
 
 def _check_inputs(inputs: SelectionInputs, needs: tuple[str, ...], method: str) -> None:
-    """Every required input is present; every given array has N rows and finite values."""
+    """Every required input is present; every given array has N rows and finite values.
+
+    probs must be probability rows (`validation.check_probs`; stored back as float64) and
+    labels integer class ids in [0, num_classes) (`validation.check_labels`).
+    """
     for name in needs:
         if getattr(inputs, name) is None:
             raise InputError(f"method {method!r} needs {name}, which was not given")
+    if inputs.probs is not None:
+        inputs.probs = check_probs(inputs.probs, inputs.n, inputs.num_classes)
     for name in ("probs", "embeddings", "labels", "losses", "forgetting"):
         value = getattr(inputs, name)
         if value is None:
@@ -271,12 +278,9 @@ def _check_inputs(inputs: SelectionInputs, needs: tuple[str, ...], method: str) 
     if inputs.graph is not None and inputs.graph.shape != (inputs.n, inputs.n):
         raise InputError(f"graph shape {inputs.graph.shape} does not match N={inputs.n}")
     if inputs.labels is not None:
-        labels = inputs.labels
-        if labels.ndim != 1 or labels.dtype.kind not in "iu":
-            raise InputError("labels must be a 1-D integer array")
-        c = inputs.num_classes
-        if labels.size and (labels.min() < 0 or (c is not None and labels.max() >= c)):
-            raise InputError(f"labels out of range [0, {c})")
+        if inputs.labels.dtype.kind not in "iu":
+            raise InputError(f"labels must be a 1-D integer array; got dtype {inputs.labels.dtype}")
+        inputs.labels = check_labels(inputs.labels, "labels", num_classes=inputs.num_classes, n=inputs.n)
 
 
 def select(
@@ -304,10 +308,18 @@ def select(
     method's parameters (e.g. tau, eta, mode, balance, confidence for prune4rel).
     """
     info = get_method(method)
-    n = next((len(a) if not hasattr(a, "shape") else a.shape[0]
-              for a in (probs, embeddings, labels, losses, forgetting, graph) if a is not None), None)
-    if n is None:
+    given = [(name, a) for name, a in (("probs", probs), ("embeddings", embeddings), ("labels", labels),
+                                        ("losses", losses), ("forgetting", forgetting), ("graph", graph))
+             if a is not None]
+    if not given:
         raise InputError("select needs at least one input array (probs, embeddings, labels...)")
+    for name, a in given:
+        if len(a.shape if hasattr(a, "shape") else np.shape(a)) == 0:
+            raise InputError(f"{name} must be an array with one row per example, got a scalar")
+    first = given[0][1]
+    n = int(first.shape[0] if hasattr(first, "shape") else len(first))
+    if probs is not None:
+        probs = check_probs(probs, n, num_classes)
     if budget is None:
         if keep_ratio is None:
             raise InputError("give keep_ratio or budget")

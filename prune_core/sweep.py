@@ -376,6 +376,7 @@ def run_sweep(
     from .learners import learner_inputs, resolve_learner_input
     from .noise import parse_noise_spec
     from .selection import get_method
+    from .validation import check_k
     from .warmup import resolve_device
 
     config = _as_config(config_base)
@@ -423,6 +424,7 @@ def run_sweep(
     torch_threads = torch.get_num_threads()
     report("load", 0.0, f"loading {config.data}")
     ds = load_dataset(config.data, download=config.download)
+    check_k(config.k, ds.n_train)  # before any warm-up
     rows: list[dict] = []
     pool = None
     tmpdir = None

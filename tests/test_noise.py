@@ -289,7 +289,7 @@ def test_bad_label_files(tmp_path):
     with pytest.raises(InputError, match="non-integer"):
         apply_noise(ds, f"labels:{tmp_path / 'frac.npy'}")
     (tmp_path / "cols.csv").write_text("a,b\n1,0\n")
-    with pytest.raises(InputError, match="no column 'label'; columns: a, b"):
+    with pytest.raises(InputError, match="header 'a,b' not understood; use one label column"):
         apply_noise(ds, f"labels:{tmp_path / 'cols.csv'}")
     (tmp_path / "y.txt").write_text("1\n")
     with pytest.raises(InputError, match="unsupported type"):
