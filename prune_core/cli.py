@@ -163,6 +163,7 @@ def cmd_run(args) -> int:
     summary = {
         "method": m["method"], "N": m["N"], "budget": m["budget"], "keep_ratio": m["keep_ratio"],
         "noise_rate_data": m["noise_rate_data"], "noise_rate_subset": m["noise_rate_subset"],
+        "noise": json.loads(paths["metrics"].read_text()).get("noise_description"),
         "objective_F": m.get("objective_F"), "seconds": m["seconds"],
         "files": [str(p) for p in paths.values()],
     }

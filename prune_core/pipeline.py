@@ -190,6 +190,18 @@ def selection_csv(result: RunResult) -> bytes:
     return selection_table(result).to_csv(index=False, lineterminator="\n").encode()
 
 
+def _noise_entry(result: RunResult) -> dict:
+    """The noise as a reader should see it: the spec, the share of ALL training labels that
+    are wrong, and for asym noise the rate within the flipped (source) classes."""
+    from .noise import describe_noise, noise_rates
+
+    n = result.dataset.num_classes
+    rates = noise_rates(result.noisy, n)
+    return {"spec": result.noisy.spec, "noise_rate": rates["share_all"],
+            "source_classes": rates["source_classes"], "noise_rate_in_source_classes": rates["share_in_source"],
+            "description": describe_noise(result.noisy, n, result.dataset.class_names)}
+
+
 def manifest(result: RunResult) -> dict:
     from .data import dataset_fingerprint
 
@@ -198,7 +210,7 @@ def manifest(result: RunResult) -> dict:
         "seed": result.config.seed,
         "versions": _library_versions(),
         "dataset": {**result.dataset.summary(), "fingerprint": dataset_fingerprint(result.dataset)},
-        "noise": {"spec": result.noisy.spec, "noise_rate": result.noisy.noise_rate},
+        "noise": _noise_entry(result),
         "warmup": {"device": result.warmup.device, "model": result.warmup.model_name,
                    "epochs": result.warmup.epochs, "test_acc": result.warmup.test_acc,
                    "config": result.warmup.config},
@@ -222,5 +234,7 @@ def write_run_outputs(result: RunResult, out_dir) -> dict[str, Path]:
     paths = {"selection": out / "selection.csv", "manifest": out / "manifest.json", "metrics": out / "metrics.json"}
     atomic_write_bytes(paths["selection"], selection_csv(result))
     atomic_write_json(paths["manifest"], manifest(result))
-    atomic_write_json(paths["metrics"], result.metrics)
+    noise = _noise_entry(result)
+    atomic_write_json(paths["metrics"], {**result.metrics, "noise_description": noise["description"],
+                                         "noise_rate_in_source_classes": noise["noise_rate_in_source_classes"]})
     return paths

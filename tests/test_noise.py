@@ -294,3 +294,22 @@ def test_bad_label_files(tmp_path):
     (tmp_path / "y.txt").write_text("1\n")
     with pytest.raises(InputError, match="unsupported type"):
         apply_noise(ds, f"labels:{tmp_path / 'y.txt'}")
+
+
+def test_noise_rates_read_as_share_of_all_labels_and_of_the_source_classes():
+    """asym:0.3 with the digits map flips 30% of classes 2, 3, 5, 6, 7: about 15% of all labels."""
+    import prune_core as pc
+    from prune_core.noise import apply_noise, describe_noise, noise_rates
+
+    ds = pc.load_dataset("digits")
+    noisy = apply_noise(ds, "asym:0.3", seed=0)
+    rates = noise_rates(noisy, ds.num_classes)
+    assert rates["source_classes"] == [2, 3, 5, 6, 7]
+    in_source = np.isin(noisy.y_clean, [2, 3, 5, 6, 7])
+    assert rates["share_in_source"] == pytest.approx(noisy.is_noisy[in_source].mean()) and abs(
+        rates["share_in_source"] - 0.3) < 0.01
+    assert rates["share_all"] == pytest.approx(noisy.is_noisy.mean()) and 0.13 < rates["share_all"] < 0.17
+    text = describe_noise(noisy, ds.num_classes)
+    assert text == f"{rates['share_all']:.1%} of all labels wrong ({rates['share_in_source']:.1%} of classes 2, 3, 5, 6, 7)"
+    sym = apply_noise(ds, "sym:0.4", seed=0)
+    assert describe_noise(sym, 10) == "40.0% of all labels wrong" and noise_rates(sym, 10)["source_classes"] is None
