@@ -130,7 +130,7 @@ def sidebar_run_picker() -> str | None:
         st.caption(f"state: {run['state']}" + (f" · last job: {last['kind']} {last['state']}" if last else ""))
     # What the page about to run reads was stored no earlier than this: show_jobs reruns the
     # page when a result changed since (a fast job that ended before its poll started).
-    st.session_state[START_SIGNATURE_KEY] = (run_id, store().signature(run_id))
+    st.session_state[START_SIGNATURE_KEY] = (run_id, store().signature(run_id), run["state"])
     return run_id
 
 
@@ -346,11 +346,19 @@ def show_jobs(run_id: str, kinds: tuple[str, ...] | None = None, key: str = "job
     ids0 = tuple(j["id"] for j in active0)
     started = st.session_state.get(START_SIGNATURE_KEY)
     sig0 = started[1] if started and started[0] == run_id else s.signature(run_id)
+    # The run's state as the sidebar shows it: a job's end reaches the run's row just after
+    # the job itself, so while the sidebar says 'running' the panel polls for that too.
+    state0 = started[2] if started and started[0] == run_id else None
 
-    @st.fragment(run_every=1.0 if active0 else None)
+    def run_state():
+        run = s.get_run(run_id)
+        return run["state"] if run else None
+
+    @st.fragment(run_every=1.0 if active0 or state0 == "running" else None)
     def panel():
         active = [j for j in m.active(run_id) if mine(j)]
-        if tuple(j["id"] for j in active) != ids0 or s.signature(run_id) != sig0:
+        if (tuple(j["id"] for j in active) != ids0 or s.signature(run_id) != sig0
+                or (state0 is not None and run_state() != state0)):
             st.rerun()
         for job in active:
             with st.container(border=True):

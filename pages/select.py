@@ -101,13 +101,14 @@ if stored is None and job is None:
         # A non-nested method at a new keep ratio: re-run it right away.
         ui.submit(run_id, "select", J.task_select, {"method": method, "params": plan["params"],
                                                     "keep_ratio": keep_ratio, "tau": plan["tau"], "seed": int(seed)},
-                  key=plan["key"])
-        st.rerun()
+                  key=plan["key"])  # no rerun needed: the job panel below polls it
     label = "Rank all examples" if plan["nested"] else f"Run selection at {ui.keep_label(keep_pct)}"
-    st.button("Run selection", key="select_run", type="primary", help=label,
-              on_click=lambda: ui.submit(run_id, "select", J.task_select,
-                                         {"method": method, "params": plan["params"], "keep_ratio": keep_ratio,
-                                          "tau": plan["tau"], "seed": int(seed)}, key=plan["key"]))
+    # Submitted in the script run of the click, with the values committed with it (a seed typed
+    # just before the click counts; a callback would submit the plan of the run before).
+    if st.button("Run selection", key="select_run", type="primary", help=label):
+        ui.submit(run_id, "select", J.task_select, {"method": method, "params": plan["params"],
+                                                    "keep_ratio": keep_ratio, "tau": plan["tau"], "seed": int(seed)},
+                  key=plan["key"])  # no rerun needed: the job panel below polls it
     st.caption(("Nested method: ranks all examples once; afterwards the slider re-slices instantly."
                 if plan["nested"] else "Not nested: each keep ratio is computed on its own."))
 
