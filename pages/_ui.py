@@ -84,11 +84,13 @@ def store() -> RunStore:
 
 # --------------------------------------------------------------------------- current run
 
-RUN_KEY = "run"  # the sidebar picker's key, bound to the URL's ?run= query parameter
+RUN_KEY = "run"  # the sidebar picker's key and the URL's ?run= query parameter: a run id
+START_SIGNATURE_KEY = "_start_signature"  # (run id, its results' signature) when this script run began
 
 
 def run_label(run: dict) -> str:
-    return f"{run['name']} · {run['id'][:15]} [{run.get('state', '')}]"
+    """The picker's text for a run: its name and id, never its state (which changes)."""
+    return f"{run['name']} · {run['id']}"
 
 
 def request_run(run_id: str) -> None:
@@ -97,7 +99,12 @@ def request_run(run_id: str) -> None:
 
 
 def sidebar_run_picker() -> str | None:
-    """The sidebar's run selectbox; returns the current run id (None without runs)."""
+    """The sidebar's run selectbox; returns the current run id (None without runs).
+
+    The picker's value and the URL's ?run= are the run's id: a run's state shows beside the
+    picker, so a state change never changes (and never resets) the choice. A run requested
+    by a page wins, then the session's choice, then the URL's (a reload, a shared link).
+    """
     runs = store().list_runs()
     ids = [r["id"] for r in runs]
     by_id = {r["id"]: r for r in runs}
@@ -106,17 +113,24 @@ def sidebar_run_picker() -> str | None:
         st.session_state[RUN_KEY] = pending
     elif st.session_state.get(RUN_KEY) not in by_id:
         st.session_state.pop(RUN_KEY, None)
+        from_url = st.query_params.get(RUN_KEY)
+        if from_url in by_id:
+            st.session_state[RUN_KEY] = from_url
     with st.sidebar:
         if not ids:
+            st.session_state.pop(START_SIGNATURE_KEY, None)
             st.caption("No runs yet: start the demo on Home or load data on the Data page.")
             return None
-        run_id = st.selectbox("Run", ids, key=RUN_KEY, format_func=lambda i: run_label(by_id[i]), bind="query-params",
+        run_id = st.selectbox("Run", ids, key=RUN_KEY, format_func=lambda i: run_label(by_id[i]),
                               help="Earlier runs reopen from the run store without recomputing.")
-        run = by_id.get(run_id)
-        if run:
-            last = run.get("last_job")
-            if last:
-                st.caption(f"last job: {last['kind']} {last['state']}")
+        if st.query_params.get(RUN_KEY) != run_id:
+            st.query_params[RUN_KEY] = run_id
+        run = by_id[run_id]
+        last = run.get("last_job")
+        st.caption(f"state: {run['state']}" + (f" · last job: {last['kind']} {last['state']}" if last else ""))
+    # What the page about to run reads was stored no earlier than this: show_jobs reruns the
+    # page when a result changed since (a fast job that ended before its poll started).
+    st.session_state[START_SIGNATURE_KEY] = (run_id, store().signature(run_id), run["state"])
     return run_id
 
 
@@ -315,7 +329,9 @@ def show_jobs(run_id: str, kinds: tuple[str, ...] | None = None, key: str = "job
     """Active jobs of the run (optionally of some kinds) with progress and a Cancel button.
 
     Polls once a second in a fragment while a job is active; when a job ends or a new
-    result is saved it reruns the whole page so the new result shows up. `extra(job)` draws
+    result is saved it reruns the whole page so the new result shows up. A result saved
+    since the script run began (the sidebar picker's signature) reruns the page at once:
+    a job that ended before this call would otherwise leave the page on its old state. `extra(job)` draws
     more inside the fragment (e.g. live training curves). The most recent failed job of
     these kinds (newer than any success; `failed_filter(job)` narrows which count) shows its
     error once. Returns the active jobs.
@@ -328,12 +344,21 @@ def show_jobs(run_id: str, kinds: tuple[str, ...] | None = None, key: str = "job
 
     active0 = [j for j in m.active(run_id) if mine(j)]
     ids0 = tuple(j["id"] for j in active0)
-    sig0 = s.signature(run_id)
+    started = st.session_state.get(START_SIGNATURE_KEY)
+    sig0 = started[1] if started and started[0] == run_id else s.signature(run_id)
+    # The run's state as the sidebar shows it: a job's end reaches the run's row just after
+    # the job itself, so while the sidebar says 'running' the panel polls for that too.
+    state0 = started[2] if started and started[0] == run_id else None
 
-    @st.fragment(run_every=1.0 if active0 else None)
+    def run_state():
+        run = s.get_run(run_id)
+        return run["state"] if run else None
+
+    @st.fragment(run_every=1.0 if active0 or state0 == "running" else None)
     def panel():
         active = [j for j in m.active(run_id) if mine(j)]
-        if tuple(j["id"] for j in active) != ids0 or s.signature(run_id) != sig0:
+        if (tuple(j["id"] for j in active) != ids0 or s.signature(run_id) != sig0
+                or (state0 is not None and run_state() != state0)):
             st.rerun()
         for job in active:
             with st.container(border=True):
@@ -399,15 +424,69 @@ def image_grid(d, indices, captions=None, size: int = 64, width: int = 72) -> No
     st.image(imgs, caption=captions or [f"#{i}" for i in indices], width=width)
 
 
+# Categorical colourings: distinct qualitative colours (plotly's "Plotly" and "Dark24" sets,
+# not the theme's shades of one hue). Two-way splits name their colours: the part that
+# matters (wrong label, kept, suspect) stands out against a quiet grey.
+QUALITATIVE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
+               "#bcbd22", "#17becf"]
+QUIET = "#c3c9d2"  # the unremarkable side of a two-way split
+MODEBAR_ROOM = 34  # px at the top of every chart kept free for plotly's mode bar (top right)
+CHART_CONFIG = {"displaylogo": False}
+
+
+def category_colours(count: int) -> list[str]:
+    if count <= len(QUALITATIVE):
+        return QUALITATIVE[:count]
+    import plotly.express as px
+
+    palette = px.colors.qualitative.Dark24 + px.colors.qualitative.Light24
+    return [palette[i % len(palette)] for i in range(count)]
+
+
+def tidy_figure(fig, legend: str = "right"):
+    """Lay a figure out so the mode bar covers nothing: the title sits below the mode bar's
+    row (left-aligned), the legend on the right below that row ("right") or under the plot
+    ("below"). Returns the figure."""
+    title = fig.layout.title.text
+    top = MODEBAR_ROOM + (24 if title else 0)
+    margin = {k: v for k, v in (fig.layout.margin.to_plotly_json() or {}).items() if v is not None}
+    margin.update(t=top, l=margin.get("l", 10), r=margin.get("r", 10), b=margin.get("b", 10))
+    fig.update_layout(margin=margin)
+    if title:
+        fig.update_layout(title=dict(x=0, xanchor="left", xref="paper", y=1, yref="container", yanchor="top",
+                                     pad=dict(t=MODEBAR_ROOM - 6)))
+    if legend == "below":
+        fig.update_layout(legend=dict(orientation="h", x=0, xanchor="left", y=-0.2, yanchor="top"))
+    else:
+        fig.update_layout(legend=dict(x=1.02, xanchor="left", y=1, yanchor="top"))
+    return fig
+
+
+def show_figure(fig, key: str, target=None, legend: str = "right", **kwargs):
+    """tidy_figure, then st.plotly_chart (or target.plotly_chart) with the app's chart config."""
+    config = {**CHART_CONFIG, **kwargs.pop("config", {})}
+    return (target or st).plotly_chart(tidy_figure(fig, legend), key=key, config=config, **kwargs)
+
+
+def class_axis(fig, d, axis: str = "x") -> None:
+    """Label every class on a class axis (by name when the data has names); values are 0..C-1."""
+    names = [class_name(d, c) for c in range(d.ds.num_classes)]
+    ticks = [n if n == str(c) else f"{c}: {n}" for c, n in enumerate(names)]
+    update = fig.update_xaxes if axis == "x" else fig.update_yaxes
+    update(tickmode="array", tickvals=list(range(len(ticks))), ticktext=ticks)
+
+
 def map_figure(coords: np.ndarray, values, kind: str, title: str = "", customdata=None, hover=None,
                categories=None, height: int = 560, colorscale: str = "Viridis", point_size: float | None = None,
-               showlegend: bool = True):
+               showlegend: bool = True, colour_title: str = "", colours: dict | None = None):
     """A WebGL scatter (go.Scattergl) of a 2-D map coloured by `values`.
 
-    kind "continuous": one trace, a colour bar. kind "categorical": one trace per category
-    (legend toggles them); `categories` maps value -> name. customdata (N, m) rides along with
-    every point (column 0 must be the global example index: point indices are per trace).
-    hover: a hovertemplate using %{customdata[j]}.
+    kind "continuous": one trace and a colour bar titled `colour_title`. kind "categorical":
+    one trace per category (the legend toggles them), distinct qualitative colours (or
+    `colours`: value -> colour), larger categories drawn first so a small one stays on top;
+    `categories` maps value -> name. customdata (N, m) rides along with every point (column
+    0 must be the global example index: point indices are per trace). hover: a hovertemplate
+    using %{customdata[j]}.
     """
     import plotly.graph_objects as go
 
@@ -420,24 +499,29 @@ def map_figure(coords: np.ndarray, values, kind: str, title: str = "", customdat
         vals = np.asarray(values, dtype=np.float64)
         fig.add_trace(go.Scattergl(
             x=coords[:, 0], y=coords[:, 1], mode="markers", customdata=customdata, hovertemplate=hover,
-            marker=dict(color=vals, colorscale=colorscale, size=size, showscale=True, colorbar=dict(thickness=12)),
+            marker=dict(color=vals, colorscale=colorscale, size=size, showscale=True,
+                        colorbar=dict(thickness=12, title=dict(text=colour_title, side="right"))),
             name="", showlegend=False))
     else:
         vals = np.asarray(values)
         cats = categories or {v: str(v) for v in np.unique(vals)}
-        for v, name in cats.items():
-            idx = np.flatnonzero(vals == v)
+        palette = dict(zip(cats, category_colours(len(cats))))
+        palette.update(colours or {})
+        members = {v: np.flatnonzero(vals == v) for v in cats}
+        for v in sorted(members, key=lambda v: -len(members[v])):  # big first: small ones on top
+            idx = members[v]
             if len(idx) == 0:
                 continue
             fig.add_trace(go.Scattergl(
                 x=coords[idx, 0], y=coords[idx, 1], mode="markers", customdata=customdata[idx],
-                hovertemplate=hover, marker=dict(size=size), name=str(name)))
-    fig.update_layout(title=title or None, height=height, margin=dict(l=10, r=10, t=40 if title else 10, b=10),
+                hovertemplate=hover, marker=dict(size=size, color=palette[v]), name=str(cats[v]),
+                legendrank=list(cats).index(v)))
+    fig.update_layout(title=title or None, height=height, margin=dict(l=10, r=10, b=10),
                       dragmode="lasso", showlegend=showlegend and kind != "continuous",
                       legend=dict(itemsizing="constant"))
     fig.update_xaxes(showticklabels=False, title=None)
     fig.update_yaxes(showticklabels=False, title=None, scaleanchor="x", scaleratio=1)
-    return fig
+    return tidy_figure(fig)
 
 
 def selected_indices(event) -> list[int]:

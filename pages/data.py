@@ -26,6 +26,8 @@ SOURCES = {
     "torchvision": "torchvision dataset (folder)",
     "imagefolder": "image folder (one sub-folder per class)",
 }
+# Stored upload path -> the file name the user chose (this session): messages name the user's file.
+UPLOAD_NAMES: dict[str, str] = st.session_state.setdefault("_upload_names", {})
 NOISE_KINDS = {"none": "none (labels as given)", "sym": "symmetric", "asym": "asymmetric (class flips)",
                "labels": "noisy-label file"}
 
@@ -39,6 +41,8 @@ def spec_from_inputs() -> tuple[str, bool]:
         up = st.session_state.get("data_upload")
         if up is None:
             raise InputError("choose an .npz file to upload first")
+        if not up.name.lower().endswith(".npz"):
+            raise InputError(f"{up.name} is not an .npz file: upload a NumPy .npz archive with x_train and y_train")
         raw = up.getvalue()
         name = hashlib.sha256(raw).hexdigest()[:16] + ".npz"
         path = s.root / "uploads" / name
@@ -46,6 +50,7 @@ def spec_from_inputs() -> tuple[str, bool]:
             from prune_core.runstore import atomic_write_bytes
 
             atomic_write_bytes(path, raw)
+        UPLOAD_NAMES[str(path)] = up.name
         return f"npz:{path}", False
     if src == "npz":
         p = (st.session_state.get("data_npz_path") or "").strip()
@@ -64,6 +69,17 @@ def spec_from_inputs() -> tuple[str, bool]:
     return f"imagefolder:{p}", False
 
 
+def users_words(message: str) -> str:
+    """A message about the data in the user's words: internal upload paths replaced by the
+    names of the files the user chose, and an upload's message led by that file's name."""
+    for path, name in UPLOAD_NAMES.items():
+        message = message.replace(f"npz:{path}", name).replace(path, name)
+    up = st.session_state.get("data_upload") if st.session_state.get("data_source") == "upload" else None
+    if up is not None and up.name not in message:
+        message = f"{up.name}: {message}"
+    return message
+
+
 def noise_from_inputs() -> str:
     kind = st.session_state.get("data_noise_type", "sym")
     if kind == "none":
@@ -80,8 +96,11 @@ def noise_from_inputs() -> str:
 with st.expander("New run from a dataset", expanded=not has_data):
     src = st.radio("Source", list(SOURCES), key="data_source", format_func=SOURCES.get, horizontal=True)
     if src == "upload":
-        st.file_uploader("npz file with x_train, y_train (optional y_train_clean, x_test, y_test, class_names)",
-                         type=["npz"], key="data_upload")
+        # Any file is accepted here and checked on loading: a wrong type gets a message, not only an icon.
+        up = st.file_uploader("npz file with x_train, y_train (optional y_train_clean, x_test, y_test, class_names)",
+                              key="data_upload")
+        if up is not None and not up.name.lower().endswith(".npz") and not st.session_state.get("data_load"):
+            st.error(f"{up.name} is not an .npz file: upload a NumPy .npz archive with x_train and y_train.")
     elif src == "npz":
         st.text_input("Path of the .npz file", key="data_npz_path", placeholder="/data/my_set.npz")
     elif src == "torchvision":
@@ -120,7 +139,9 @@ with st.expander("New run from a dataset", expanded=not has_data):
                                                    f"with noise {noisy.spec}. Next: Warm-up.")
             st.rerun()
         except InputError as e:
-            st.error(str(e))
+            st.error(users_words(str(e)))
+        except Exception as e:  # noqa: BLE001 - an unreadable upload, say: one line, the user's file named
+            st.error(users_words(f"could not load the data: {type(e).__name__}: {e}"))
 
 msg = st.session_state.pop("data_loaded_msg", None)
 if msg:
@@ -136,14 +157,18 @@ info = d.info
 ds = d.ds
 n = ds.n_train
 c = ds.num_classes
-cols = st.columns(5)
+cols = st.columns([1, 1, 0.8, 1.6, 1])  # values stay whole at 1440 px (the noise spec is the longest)
 cols[0].metric("Training examples", f"{n:,}")
 cols[1].metric("Test examples", f"{ds.n_test:,}")
 cols[2].metric("Classes", c)
-cols[3].metric("Noise", info.get("noise", "?"))
+noise_spec = str(info.get("noise", "?"))
+cols[3].metric("Noise", noise_spec if len(noise_spec) <= 18 else noise_spec[:17] + "…", help=noise_spec)
 rate = info.get("noise_rate")
-cols[4].metric("Labels wrong", "unknown" if rate is None else f"{100 * rate:.1f}% ({info.get('n_noisy')})")
-st.caption(f"Source `{info.get('spec')}` · {info.get('kind')} {tuple(info.get('example_shape', []))}")
+cols[4].metric("Labels wrong", "unknown" if rate is None else f"{100 * rate:.1f}%",
+               help=None if rate is None else f"{info.get('n_noisy'):,} of {n:,} given labels differ from the clean ones")
+source = UPLOAD_NAMES.get(str(info.get("spec", "")).removeprefix("npz:"), info.get("spec"))
+st.caption(f"Source `{source}` · {info.get('kind')} {tuple(info.get('example_shape', []))} · noise `{noise_spec}`"
+           + ("" if rate is None else f" · {info.get('n_noisy'):,} wrong labels"))
 
 st.subheader("Examples")
 c1, c2 = st.columns([1, 1])
@@ -168,24 +193,30 @@ c1, c2 = st.columns(2)
 with c1:
     st.subheader("Classes")
     given = np.bincount(d.y_noisy, minlength=c)
-    fig = go.Figure(go.Bar(x=ds.class_names, y=given, name="given (noisy)"))
+    classes = np.arange(c)
+    fig = go.Figure(go.Bar(x=classes, y=given, name="given (noisy)", marker_color=ui.QUALITATIVE[0]))
     if d.y_clean is not None:
-        fig.add_trace(go.Bar(x=ds.class_names, y=np.bincount(d.y_clean, minlength=c), name="clean"))
-    fig.update_layout(barmode="group", height=360, margin=dict(l=10, r=10, t=10, b=10),
+        fig.add_trace(go.Bar(x=classes, y=np.bincount(d.y_clean, minlength=c), name="clean",
+                             marker_color=ui.QUALITATIVE[1]))
+    fig.update_layout(barmode="group", height=360, margin=dict(l=10, r=10, b=10),
                       xaxis_title="class", yaxis_title="examples")
-    st.plotly_chart(fig, key="data_hist")
+    ui.class_axis(fig, d)
+    ui.show_figure(fig, "data_hist", legend="below")
 with c2:
     st.subheader("Noise transition matrix")
     if d.transition is None:
         st.caption("No ground truth: the transition matrix P(given | clean) is unknown.")
     else:
         t = np.asarray(d.transition)
-        fig = go.Figure(go.Heatmap(z=t, x=ds.class_names, y=ds.class_names, colorscale="Blues", zmin=0, zmax=1,
+        fig = go.Figure(go.Heatmap(z=t, x=np.arange(c), y=np.arange(c), colorscale="Blues", zmin=0, zmax=1,
                                    text=np.round(t, 2), texttemplate="%{text}" if c <= 15 else None,
+                                   colorbar=dict(title=dict(text="P(given | clean)", side="right"), thickness=12),
                                    hovertemplate="clean %{y} → given %{x}: %{z:.3f}<extra></extra>"))
-        fig.update_layout(height=360, margin=dict(l=10, r=10, t=10, b=10), xaxis_title="given label",
+        fig.update_layout(height=360, margin=dict(l=10, r=10, b=10), xaxis_title="given label",
                           yaxis_title="clean label", yaxis_autorange="reversed")
-        st.plotly_chart(fig, key="data_transition")
+        ui.class_axis(fig, d, "x")
+        ui.class_axis(fig, d, "y")
+        ui.show_figure(fig, "data_transition")
 
 with st.expander("Per-class table"):
     tab = pd.DataFrame({"class": ds.class_names, "given": np.bincount(d.y_noisy, minlength=c)})

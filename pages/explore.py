@@ -25,7 +25,14 @@ umap_job = ui.manager().find(run_id, "umap", active_only=True)
 c1, c2 = st.columns([2, 3])
 with c1:
     options = (["UMAP"] if umap_map is not None else []) + ["PCA"]
-    proj = st.radio("Map", options, key="explore_projection", horizontal=True)
+    # UMAP replaces PCA when it becomes ready, unless the user picked PCA on this run.
+    if umap_map is not None and not st.session_state.get(f"explore_pca_chosen_{run_id}"):
+        st.session_state["explore_projection"] = "UMAP"
+
+    def remember_choice():
+        st.session_state[f"explore_pca_chosen_{run_id}"] = st.session_state["explore_projection"] == "PCA"
+
+    proj = st.radio("Map", options, key="explore_projection", horizontal=True, on_change=remember_choice)
     if umap_map is None and umap_job is None:
         if st.button("Compute UMAP", key="explore_umap",
                      help="UMAP on the faiss kNN lists (no neighbour search inside UMAP); PCA is shown meanwhile."):
@@ -69,6 +76,7 @@ else:
     c2.caption("No selection yet: run one on the Select page to colour by C(x;S) or kept/dropped.")
 
 names = {i: f"{i}: {c}" if str(c) != str(i) else str(c) for i, c in enumerate(d.ds.class_names)}
+colours = None  # qualitative colours, or named ones for a two-way split
 if field == "neighbourhood confidence C(x;S)":
     kind, values, cats = "continuous", cov, None
 elif field == "confidence":
@@ -79,21 +87,25 @@ elif field == "clean label":
     kind, values, cats = "categorical", d.y_clean, names
 elif field == "noisy or not":
     kind, values, cats = "categorical", d.is_noisy.astype(int), {0: "label correct", 1: "label wrong"}
+    colours = {0: ui.QUIET, 1: "#d62728"}
 elif field == "selected vs dropped":
     mask = np.zeros(n, dtype=int)
     mask[sel.indices] = 1
     kind, values, cats = "categorical", mask, {0: "dropped", 1: "kept"}
+    colours = {0: ui.QUIET, 1: "#1f77b4"}
 else:
     kind, values, cats = "categorical", suspect.astype(int), {0: "label looks fine", 1: "suspected error"}
+    colours = {0: ui.QUIET, 1: "#d62728"}
 
 clean = d.y_clean if d.y_clean is not None else np.full(n, -1)
 custom = np.column_stack([np.arange(n), d.y_noisy, clean, np.round(conf, 3), pred, suggested]).astype(np.float32)
 hover = ("#%{customdata[0]}<br>given %{customdata[1]} · clean %{customdata[2]}<br>"
          "predicted %{customdata[4]} (conf %{customdata[3]:.2f}) · suggested %{customdata[5]}<extra></extra>")
 fig = ui.map_figure(coords, values, kind, customdata=custom, hover=hover, categories=cats, height=620,
-                    colorscale="Viridis" if kind == "continuous" else None)
-event = st.plotly_chart(fig, key="explore_map", on_select="rerun", selection_mode=("points", "box", "lasso"),
-                        config={"displaylogo": False, "scrollZoom": True})
+                    colorscale="Viridis", colour_title={"neighbourhood confidence C(x;S)": "C(x;S)"}.get(field, field),
+                    colours=colours)
+event = ui.show_figure(fig, "explore_map", on_select="rerun", selection_mode=("points", "box", "lasso"),
+                       config={"scrollZoom": True})
 st.caption("Box or lasso points (toolbar, top right) to open them below. "
            + ("Labels are class numbers: " + ", ".join(names.values()) if any(":" in v for v in names.values()) else ""))
 

@@ -50,8 +50,8 @@ if d.is_noisy is not None and d.is_noisy.any():
         fig = go.Figure([go.Scatter(x=pr["k"], y=pr["precision"], mode="lines+markers", name="precision@k"),
                          go.Scatter(x=pr["k"], y=pr["recall"], mode="lines+markers", name="recall@k")])
         fig.add_vline(x=total, line_dash="dot")
-        fig.update_layout(height=300, margin=dict(l=10, r=10, t=10, b=10), xaxis_title="top k", yaxis_range=[0, 1.02])
-        st.plotly_chart(fig, key="le_pr")
+        fig.update_layout(height=300, margin=dict(l=10, r=10, b=10), xaxis_title="top k", yaxis_range=[0, 1.02])
+        ui.show_figure(fig, "le_pr")
         st.caption(f"{flagged:,} examples have a suggested label different from the given one.")
 else:
     st.caption("No ground truth for this data: precision and recall cannot be measured.")

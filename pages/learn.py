@@ -12,10 +12,12 @@ ui.ensure_app_frame(__file__)
 
 st.title("Learn")
 st.markdown(
-    "Each point is a training example with a (possibly wrong) given label. Prune4ReL keeps the subset S "
-    "that maximises **F(S) = Σₓ tanh(C(x;S)/η)**, where **C(x;S) = Σ_{s∈S} w(x,s)·conf(s)** is how much "
-    "*confident* kept neighbours surround x. A re-labeling learner trained on S can fix x's label when C(x;S) "
-    "is high. tanh saturates, so once an area is covered, the next pick goes elsewhere. Walk through the picks:"
+    "Each point is a training example with a (possibly wrong) given label. Prune4ReL keeps the subset $S$ "
+    r"that maximises $F(S) = \sum_{x} \tanh\big(C(x;S)/\eta\big)$, where "
+    r"$C(x;S) = \sum_{s \in S} w(x,s)\,\mathrm{conf}(s)$ is how much "
+    "*confident* kept neighbours surround $x$. A re-labeling learner trained on $S$ can fix $x$'s label when "
+    "$C(x;S)$ is high. $\\tanh$ saturates, so once an area is covered, the next pick goes elsewhere. "
+    "Walk through the picks:"
 )
 
 c1, c2, c3, c4, c5 = st.columns(5)
@@ -65,13 +67,6 @@ symbols = ["circle", "square", "diamond", "triangle-up", "cross"]
 left, right = st.columns([3, 2])
 with left:
     fig = go.Figure()
-    if step >= 1:
-        p = int(tr.picks[step - 1])
-        for v in tr.neighbours[step - 1]:
-            if v != p:
-                fig.add_trace(go.Scatter(x=[x[p, 0], x[v, 0]], y=[x[p, 1], x[v, 1]], mode="lines",
-                                         line=dict(color="rgba(230,80,30,0.55)", width=1.5), hoverinfo="skip",
-                                         showlegend=False))
     for c in range(toy.num_classes):
         idx = np.flatnonzero(toy.y_noisy == c)
         fig.add_trace(go.Scatter(
@@ -84,6 +79,14 @@ with left:
                         line=dict(color=np.where(toy.is_noisy[idx], "red", "rgba(0,0,0,0.3)"),
                                   width=np.where(toy.is_noisy[idx], 2, 0.5)))))
     if step >= 1:
+        # The pick's neighbours: lines drawn after (above) the markers, one trace (None breaks).
+        p = int(tr.picks[step - 1])
+        nbrs = [int(v) for v in tr.neighbours[step - 1] if v != p]
+        xs = [c for v in nbrs for c in (x[p, 0], x[v, 0], None)]
+        ys = [c for v in nbrs for c in (x[p, 1], x[v, 1], None)]
+        fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", line=dict(color="rgba(230,80,30,0.8)", width=1.5),
+                                 hoverinfo="skip", name="the pick's neighbours"))
+    if step >= 1:
         picked = tr.picks[:step]
         fig.add_trace(go.Scatter(x=x[picked, 0], y=x[picked, 1], mode="markers", name="kept (S)",
                                  marker=dict(symbol="circle-open", size=17, color="black", line=dict(width=2)),
@@ -91,18 +94,17 @@ with left:
         fig.add_trace(go.Scatter(x=[x[p, 0]], y=[x[p, 1]], mode="markers", name="this pick",
                                  marker=dict(symbol="star", size=20, color="orange", line=dict(color="black", width=1)),
                                  hoverinfo="skip"))
-    fig.update_layout(height=560, margin=dict(l=10, r=10, t=30, b=10), title=f"after {step} pick(s)",
-                      legend=dict(orientation="h", y=-0.05))
+    fig.update_layout(height=580, margin=dict(l=10, r=10, b=10), title=f"after {step} pick(s)")
     fig.update_yaxes(scaleanchor="x", scaleratio=1)
-    st.plotly_chart(fig, key="learn_map")
+    ui.show_figure(fig, "learn_map", legend="below")
     st.caption("Red outline: the given label is wrong. Colour: C(x;S) after this step. Lines: the pick's neighbours.")
 with right:
     fig = go.Figure(go.Scatter(x=np.arange(tr.budget + 1), y=tr.objective, mode="lines+markers", name="F(S)"))
     fig.add_trace(go.Scatter(x=[step], y=[tr.objective[step]], mode="markers", marker=dict(size=14, color="orange"),
                              name="now"))
-    fig.update_layout(height=300, margin=dict(l=10, r=10, t=30, b=10), title="objective F(S) vs step",
+    fig.update_layout(height=300, margin=dict(l=10, r=10, b=10), title="objective F(S) vs step",
                       xaxis_title="step", showlegend=False)
-    st.plotly_chart(fig, key="learn_objective")
+    ui.show_figure(fig, "learn_objective")
     if step >= 1:
         p = int(tr.picks[step - 1])
         st.metric("Objective F(S)", f"{tr.objective[step]:.2f}", delta=f"+{tr.gains[step - 1]:.3f} this step")

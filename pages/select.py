@@ -101,13 +101,14 @@ if stored is None and job is None:
         # A non-nested method at a new keep ratio: re-run it right away.
         ui.submit(run_id, "select", J.task_select, {"method": method, "params": plan["params"],
                                                     "keep_ratio": keep_ratio, "tau": plan["tau"], "seed": int(seed)},
-                  key=plan["key"])
-        st.rerun()
+                  key=plan["key"])  # no rerun needed: the job panel below polls it
     label = "Rank all examples" if plan["nested"] else f"Run selection at {ui.keep_label(keep_pct)}"
-    st.button("Run selection", key="select_run", type="primary", help=label,
-              on_click=lambda: ui.submit(run_id, "select", J.task_select,
-                                         {"method": method, "params": plan["params"], "keep_ratio": keep_ratio,
-                                          "tau": plan["tau"], "seed": int(seed)}, key=plan["key"]))
+    # Submitted in the script run of the click, with the values committed with it (a seed typed
+    # just before the click counts; a callback would submit the plan of the run before).
+    if st.button("Run selection", key="select_run", type="primary", help=label):
+        ui.submit(run_id, "select", J.task_select, {"method": method, "params": plan["params"],
+                                                    "keep_ratio": keep_ratio, "tau": plan["tau"], "seed": int(seed)},
+                  key=plan["key"])  # no rerun needed: the job panel below polls it
     st.caption(("Nested method: ranks all examples once; afterwards the slider re-slices instantly."
                 if plan["nested"] else "Not nested: each keep ratio is computed on its own."))
 
@@ -171,11 +172,15 @@ with c1:
     sizes = np.asarray(met["class_counts_data"])
     bal = sinfo.get("params", {}).get("balance", "none")
     quota = np.minimum(sizes, sel.budget / C) if bal == "equal" else sel.budget * sizes / max(1, sizes.sum())
-    fig = go.Figure([go.Bar(x=d.ds.class_names, y=kept, name="kept"),
-                     go.Scatter(x=d.ds.class_names, y=quota, mode="markers", marker=dict(symbol="line-ew-open", size=24),
+    classes = np.arange(C)
+    fig = go.Figure([go.Bar(x=classes, y=kept, name="kept", marker_color=ui.QUALITATIVE[0]),
+                     go.Scatter(x=classes, y=quota, mode="markers",
+                                marker=dict(symbol="line-ew-open", size=24, color=ui.QUALITATIVE[1]),
                                 name="quota (equal)" if bal == "equal" else "quota (proportional share)")])
-    fig.update_layout(title="Kept per (given-label) class vs quota", height=320, margin=dict(l=10, r=10, t=40, b=10))
-    st.plotly_chart(fig, key="select_class_counts")
+    fig.update_layout(title="Kept per (given-label) class vs quota", height=340, margin=dict(l=10, r=10, b=10),
+                      xaxis_title="given label", yaxis_title="examples")
+    ui.class_axis(fig, d)
+    ui.show_figure(fig, "select_class_counts", legend="below")
 with c2:
     if full.gains is not None and full.nested:
         curve = np.cumsum(full.gains)
@@ -183,9 +188,9 @@ with c2:
         xs = np.arange(1, len(curve) + 1)[::step]
         fig = go.Figure(go.Scatter(x=100 * xs / n, y=curve[::step], mode="lines", name="F"))
         fig.add_vline(x=100 * sel.budget / n, line_dash="dash")
-        fig.update_layout(title="Objective vs keep ratio (%)", height=320, margin=dict(l=10, r=10, t=40, b=10),
-                          xaxis_title="keep %", yaxis_title="F(S)")
-        st.plotly_chart(fig, key="select_objective")
+        fig.update_layout(title="Objective vs keep ratio (%)", height=340, margin=dict(l=10, r=10, b=10),
+                          xaxis_title="keep %", yaxis_title="F(S)", xaxis_range=[0, 100])
+        ui.show_figure(fig, "select_objective")
     else:
         st.caption("This method has no objective curve (a score ranking).")
 
@@ -228,8 +233,9 @@ if other != "(none)":
                 mask[sx.indices] = 1
                 fig = ui.map_figure(coords, mask, "categorical", title=f"{name}: kept vs dropped", customdata=custom,
                                     categories={0: "dropped", 1: "kept"}, height=380,
+                                    colours={0: ui.QUIET, 1: ui.QUALITATIVE[0]},
                                     hover="#%{customdata[0]}<extra></extra>")
-                col.plotly_chart(fig, key=k)
+                ui.show_figure(fig, k, target=col)
 
 # ---- downloads
 st.subheader("Export")

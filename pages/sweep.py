@@ -103,9 +103,12 @@ def draw(rows: list, key: str):
     if figs:
         cols = st.columns(len(figs))
         for col, (metric, fig) in zip(cols, figs.items()):
-            fig.update_layout(height=380, margin=dict(l=10, r=10, t=50, b=10), title_font_size=13,
-                              legend=dict(orientation="h", yanchor="top", y=-0.25, title_text=""))
-            col.plotly_chart(fig, key=f"{key}_{metric}")
+            fig.update_layout(height=380, margin=dict(l=10, r=10, b=10), title_font_size=13,
+                              legend_title_text="")
+            # Fixed axes: one live point (or one keep ratio) keeps a readable scale.
+            fig.update_xaxes(range=[0, 1.02])
+            fig.update_yaxes(range=[0, 1.02])
+            ui.show_figure(fig, f"{key}_{metric}", target=col, legend="below")
 
 
 def live(job):

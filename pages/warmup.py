@@ -65,26 +65,32 @@ if st.button("Start warm-up", key="warmup_start", type="primary", disabled=not d
     st.rerun()
 
 
-def curves(history: list[dict], key: str):
+def curves(history: list[dict], key: str, epochs: int | None = None):
+    """Loss and accuracy per epoch; the epoch axis spans all `epochs` (a live run's first
+    point sits at the left of the whole run), accuracy stays within [0, 1]."""
     if not history:
         return
     h = pd.DataFrame(history)
+    last = max(int(epochs or 0), int(h["epoch"].max()))
+    epoch_axis = dict(range=[0.5, last + 0.5], dtick=1 if last <= 20 else None, title_text="epoch")
     c1, c2 = st.columns(2)
     fig = go.Figure(go.Scatter(x=h["epoch"], y=h["train_loss"], mode="lines+markers", name="train loss"))
-    fig.update_layout(height=280, margin=dict(l=10, r=10, t=30, b=10), title="loss (noisy labels)",
-                      xaxis_title="epoch")
-    c1.plotly_chart(fig, key=f"{key}_loss")
+    fig.update_layout(height=280, margin=dict(l=10, r=10, b=10), title="loss (noisy labels)",
+                      yaxis_rangemode="tozero")
+    fig.update_xaxes(**epoch_axis)
+    ui.show_figure(fig, f"{key}_loss", target=c1)
     fig = go.Figure(go.Scatter(x=h["epoch"], y=h["train_acc"], mode="lines+markers", name="train acc (noisy)"))
     if "test_acc" in h and h["test_acc"].notna().any():
         fig.add_trace(go.Scatter(x=h["epoch"], y=h["test_acc"], mode="lines+markers", name="test acc"))
-    fig.update_layout(height=280, margin=dict(l=10, r=10, t=30, b=10), title="accuracy", xaxis_title="epoch",
-                      yaxis_range=[0, 1])
-    c2.plotly_chart(fig, key=f"{key}_acc")
+    fig.update_layout(height=280, margin=dict(l=10, r=10, b=10), title="accuracy", yaxis_range=[0, 1.02])
+    fig.update_xaxes(**epoch_axis)
+    ui.show_figure(fig, f"{key}_acc", target=c2, legend="below")
 
 
 def live(job):
     if job["kind"] in ("warmup", "demo"):
-        curves(job.get("metrics") or [], key=f"live_{job['id']}")
+        params = job.get("params") or {}
+        curves(job.get("metrics") or [], key=f"live_{job['id']}", epochs=params.get("epochs"))
 
 
 active = ui.show_jobs(run_id, kinds=("warmup", "demo"), key="warmup_jobs", extra=live)

@@ -195,6 +195,12 @@ class JobManager:
             log.exception("could not mirror job %s to the run store", live.job_id)
 
     def _set_run_state(self, live: _Live, state: str, message: str) -> None:
+        """Mirror a job's state on its run: 'running' while any job runs, then the run's own state.
+
+        A failed or cancelled step fails only itself: a run that already holds its data stays
+        'done' (the message names the failed step); only a run left without any result takes
+        the job's state.
+        """
         if not live.run_id:
             return
         try:
@@ -204,7 +210,9 @@ class JobManager:
             others = [j for j in self._live.values() if j.run_id == live.run_id and j is not live
                       and j.state in ACTIVE_STATES]
             if not others and self.store.get_run(live.run_id) is not None:
-                self.store.update_run(live.run_id, state=state, message=message)
+                usable = self.store.has_bundle(live.run_id, "data")
+                self.store.update_run(live.run_id, state="done" if state == "done" or usable else state,
+                                      message=message)
         except Exception:  # noqa: BLE001
             log.exception("could not update run %s", live.run_id)
 

@@ -353,19 +353,31 @@ class RunStore:
             shutil.rmtree(trash, ignore_errors=True)
 
     def signature(self, run_id: str) -> tuple:
-        """(bundle, version) of every complete bundle of a run: changes when any result does."""
+        """(bundle, version) of every complete bundle of a run: changes when any result does.
+
+        Temporary and replaced folders (names starting with '.') are never entered, and a
+        folder renamed or removed by a writer while it is scanned is skipped: readers poll
+        this while jobs save bundles.
+        """
         root = self.run_dir(run_id)
         out = []
-        if not root.is_dir():
-            return ()
-        for info in root.rglob("info.json"):
-            rel = info.parent.relative_to(root)
-            if any(part.startswith(".") for part in rel.parts):
-                continue
+        pending = [root]
+        while pending:
+            folder = pending.pop()
             try:
-                out.append((rel.as_posix(), info.stat().st_mtime_ns))
-            except OSError:
+                entries = list(os.scandir(folder))
+            except OSError:  # renamed or removed meanwhile
                 continue
+            for entry in entries:
+                if entry.name.startswith("."):
+                    continue
+                try:
+                    if entry.is_dir(follow_symlinks=False):
+                        pending.append(Path(entry.path))
+                    elif entry.name == "info.json" and folder != root:
+                        out.append((Path(folder).relative_to(root).as_posix(), entry.stat().st_mtime_ns))
+                except OSError:
+                    continue
         return tuple(sorted(out))
 
     # small JSON documents kept beside the bundles (decisions, settings)
@@ -443,6 +455,8 @@ class RunStore:
                         "WHERE state IN ('queued','running')", (message, message, now))
             for r in rows:
                 if r["run_id"]:
-                    con.execute("UPDATE runs SET state='failed', message=?, updated=? WHERE id=? AND state='running'",
-                                (message, now, r["run_id"]))
+                    # Like a failed step: a run that holds its data stays usable ('done').
+                    state = "done" if self.has_bundle(r["run_id"], "data") else "failed"
+                    con.execute("UPDATE runs SET state=?, message=?, updated=? WHERE id=? AND state='running'",
+                                (state, message, now, r["run_id"]))
         return len(rows)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -69,6 +70,32 @@ def app_server(workspace: Path, log_path: Path, env_extra: dict | None = None):
                 proc.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 proc.kill()
+
+
+@contextlib.contextmanager
+def readme_app_server(workspace: Path, log_path: Path, home: Path, env_extra: dict | None = None):
+    """The app started the README's way, `bash scripts/app.sh`, under nohup with no terminal
+    (stdin from /dev/null, its own session) and a fresh HOME; yields the URL it printed."""
+    port = free_port()
+    env = {**os.environ, "HOME": str(home), "PORT": str(port), "PRUNE4REL_WORKSPACE": str(workspace),
+           "PRUNE4REL_AUTODEMO": "0", "PRUNE4REL_SKIP_WARM_CACHE": "1",
+           "NUMBA_CACHE_DIR": os.environ.get("NUMBA_CACHE_DIR", str(ROOT / ".numba_cache"))}
+    env.update(env_extra or {})
+    home.mkdir(parents=True, exist_ok=True)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(["nohup", "bash", "scripts/app.sh"], cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        url = f"http://localhost:{port}"
+        try:
+            wait_healthy(url, proc)
+            yield url
+        finally:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
 
 
 @contextlib.contextmanager

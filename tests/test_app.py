@@ -265,6 +265,13 @@ def test_data_page_bad_npz_and_new_run(ws, tmp_path):
     at.file_uploader(key="data_upload").set_value(("wrong.npz", buf.getvalue(), "application/octet-stream")).run()
     at.button(key="data_load").click().run()
     assert len(at.error) == 1 and "they must match" in at.error[0].value
+    # The message names the user's file, not the copy the app keeps under the workspace.
+    assert "wrong.npz" in at.error[0].value and "uploads" not in at.error[0].value, at.error[0].value
+    # A file of another type gets a message naming it (the uploader accepts any file).
+    at.file_uploader(key="data_upload").set_value(("labels.csv", b"0,1\n", "text/csv")).run()
+    assert len(at.error) == 1 and "labels.csv is not an .npz file" in at.error[0].value
+    at.button(key="data_load").click().run()
+    assert any("labels.csv is not an .npz file" in e.value for e in at.error)
     # An unreadable folder.
     at.radio(key="data_source").set_value("imagefolder").run()
     at.text_input(key="data_folder_path").input(str(tmp_path / "no_such_folder")).run()
@@ -320,4 +327,79 @@ def test_demo_button_starts_a_job_that_can_be_cancelled(ws):
     jobs = wait_jobs(store, demo_id, "demo", timeout=120)
     assert jobs[0]["state"] in ("cancelled", "done")
     wait_jobs(store, demo_id, "umap", timeout=180) if store.list_jobs(run_id=demo_id, kind="umap") else None
+    # With a demo run in the workspace, "Run the demo" reopens it; "New demo run" is the explicit way.
+    at = open_app(rid, "pages/home.py")
+    assert at.button(key="home_demo_new").label == "New demo run"
+    at.button(key="home_demo").click().run()
+    assert {r["id"] for r in store.list_runs()} == before | {demo_id}
+    assert at.sidebar.selectbox(key="run").value == demo_id
     store.delete_run(demo_id)
+
+
+def test_run_picker_holds_the_id_and_a_failed_step_keeps_the_run(ws):
+    store, rid, key = ws
+    newer = store.create_run({"data": "digits"}, name="newer, no data")
+    try:
+        at = open_app(rid, "pages/select.py")
+        assert at.query_params["run"] in (rid, [rid])  # the URL holds the id
+        picker = at.sidebar.selectbox(key="run")
+        assert picker.options == [f"newer, no data · {newer}", f"fixture · {rid}"]  # no state in the text
+        # A selection that fails marks that step failed, not the run, and the view stays on the run.
+        n_jobs = len(store.list_jobs(run_id=rid, kind="select"))
+        at.text_input(key="select_tau").input("0.99999").run()
+        at.button(key="select_run").click().run()
+        wait_jobs(store, rid, "select", at_least=n_jobs + 1)
+        at.run()
+        assert at.sidebar.selectbox(key="run").value == rid
+        assert store.get_run(rid)["state"] == "done"
+        assert any("select failed" in e.value for e in at.error), [e.value for e in at.error]
+        at.text_input(key="select_tau").input("auto").run()
+        assert at.sidebar.selectbox(key="run").value == rid
+        assert metric(at, "Kept examples") == f"{round(0.5 * N):,}"  # not "this run has no warm-up"
+        assert any(c.value.startswith("state: done") for c in at.sidebar.caption)
+        # A reload (a new session) reopens the URL's run, not the newest.
+        fresh = AppTest.from_file(APP, default_timeout=60)
+        fresh.query_params["run"] = rid
+        fresh.run()
+        fresh.switch_page("pages/select.py").run()
+        assert fresh.sidebar.selectbox(key="run").value == rid
+    finally:
+        store.delete_run(newer)
+
+
+def test_delete_asks_first_naming_the_run(ws):
+    store, rid, _ = ws
+    doomed = store.create_run({"data": "digits"}, name="to be deleted")
+    at = open_app(rid, "pages/home.py")
+    pick = at.selectbox(key="home_delete_pick")
+    assert pick.value is None  # nothing preselected, least of all the current run
+    assert at.button(key="home_delete").disabled
+    pick.set_value(doomed).run()
+    at.button(key="home_delete").click().run()
+    assert store.get_run(doomed) is not None  # not yet: it asks
+    assert any("to be deleted" in w.value and doomed in w.value for w in at.warning)
+    at.button(key="home_delete_cancel").click().run()
+    assert store.get_run(doomed) is not None
+    at.selectbox(key="home_delete_pick").set_value(doomed).run()
+    at.button(key="home_delete").click().run()
+    assert at.button(key="home_delete_confirm").label == "Delete to be deleted"
+    at.button(key="home_delete_confirm").click().run()
+    assert store.get_run(doomed) is None and store.get_run(rid) is not None
+    assert at.sidebar.selectbox(key="run").value == rid
+
+
+def test_explore_switches_to_umap_when_ready_unless_pca_was_picked(ws):
+    store, rid, _ = ws
+    at = open_app(rid, "pages/explore.py")
+    assert at.radio(key="explore_projection").options == ["PCA"]
+    pca = J.load_map(store, rid, "pca")
+    wu = J.load_warmup(store, rid)
+    store.save_bundle(rid, "maps/umap", {"coords": pca[0][:, ::-1].copy()}, {"warmup_id": wu.id, "method": "umap"})
+    try:
+        at.run()
+        assert at.radio(key="explore_projection").value == "UMAP"
+        at.radio(key="explore_projection").set_value("PCA").run()
+        at.run()
+        assert at.radio(key="explore_projection").value == "PCA"  # the user's choice stays
+    finally:
+        store.delete_bundle(rid, "maps/umap")

@@ -98,7 +98,24 @@ def test_failure_records_error_and_keeps_earlier_results(store):
     r2 = wait_state(m, m.submit(rid, "warmup", crash))
     assert r2["state"] == "failed" and r2["error"] == "RuntimeError: boom"
     assert store.load_bundle(rid, "warmup").info["version"] == 1
-    assert store.get_run(rid)["state"] == "failed"
+    assert store.get_run(rid)["state"] == "failed"  # no data yet: nothing of the run is usable
+
+
+def test_a_failed_step_fails_itself_not_the_run_that_holds_data(store):
+    m = J.JobManager(store)
+    rid = store.create_run()
+    store.save_bundle(rid, "data", {"y_noisy": np.zeros(3, np.int64)}, {})
+
+    def bad_input(ctx):
+        raise InputError("tau=0.99999 leaves no example any neighbour")
+
+    row = wait_state(m, m.submit(rid, "select", bad_input))
+    assert row["state"] == "failed"
+    run = store.get_run(rid)
+    assert run["state"] == "done" and run["message"].startswith("select failed: tau=0.99999")
+    assert store.list_runs()[0]["last_job"]["state"] == "failed"
+    wait_state(m, m.submit(rid, "select", lambda ctx: None))
+    assert store.get_run(rid)["state"] == "done"
 
 
 def test_same_job_is_not_started_twice(store):
@@ -145,12 +162,20 @@ def test_max_running_queues_the_rest(store):
 
 def test_restart_marks_running_jobs_interrupted(store):
     rid = store.create_run()
+    store.update_run(rid, state="running")
     jid = store.create_job(rid, "warmup")
     store.update_job(jid, state="running")
     m = J.JobManager(RunStore(store.root))
     assert m.interrupted == 1
     row = m.get(jid)
     assert row["state"] == "failed" and "interrupted" in row["error"]
+    assert store.get_run(rid)["state"] == "failed"  # it had no data
+    # A run that holds its data stays usable after an interrupted step.
+    store.save_bundle(rid, "data", {"y_noisy": np.zeros(3, np.int64)}, {})
+    store.update_run(rid, state="running")
+    store.update_job(store.create_job(rid, "select"), state="running")
+    assert J.JobManager(RunStore(store.root)).interrupted == 1
+    assert store.get_run(rid)["state"] == "done"
 
 
 def test_plan_selection_keys():

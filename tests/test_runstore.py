@@ -3,6 +3,7 @@
 import os
 import sqlite3
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -100,6 +101,33 @@ def test_signature_changes_when_a_result_is_rewritten(store):
     assert [name for name, _ in s1] == ["maps/pca"]
     store.save_bundle(rid, "maps/umap", {"coords": np.zeros((2, 2))}, {})
     assert store.signature(rid) != s1
+
+
+def test_signature_never_sees_a_bundle_being_written(store):
+    # A writer replaces selections while a reader polls the signature (as the app's pages do):
+    # the reader neither fails on a temporary folder vanishing under it nor lists one.
+    rid = store.create_run()
+    store.save_bundle(rid, "selections/a", {"indices": np.arange(3)}, {})
+    stop = threading.Event()
+
+    def write():
+        i = 0
+        while not stop.is_set():
+            store.save_bundle(rid, f"selections/s{i % 4}", {"indices": np.arange(50), "gains": np.ones(50)}, {})
+            i += 1
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    seen = set()
+    try:
+        deadline = time.monotonic() + 1.5
+        while time.monotonic() < deadline:
+            seen.update(name for name, _ in store.signature(rid))
+    finally:
+        stop.set()
+        writer.join()
+    assert seen <= {"selections/a", "selections/s0", "selections/s1", "selections/s2", "selections/s3"}
+    assert "selections/a" in seen
 
 
 def test_json_documents(store):
