@@ -35,6 +35,7 @@ excluded, that join two examples with the same ground-truth label; None without 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
 import json
@@ -326,6 +327,26 @@ def fit_unit(task: dict) -> dict:
     return out
 
 
+@contextlib.contextmanager
+def _spawn_without_main():
+    """Spawned workers re-run the parent's __main__ module first: inside Streamlit that is the
+    page script (which would start a second app, job manager included) and under pytest the
+    test runner. For the moment workers start, point __main__ at a stub whose spec name ends
+    in ".__main__", which multiprocessing's spawn skips; the workers need only prune_core."""
+    import importlib.machinery
+    import types
+
+    stub = types.ModuleType("__main__")
+    stub.__spec__ = importlib.machinery.ModuleSpec("prune_core.__main__", None)
+    old = sys.modules.get("__main__")
+    sys.modules["__main__"] = stub
+    try:
+        yield
+    finally:
+        if sys.modules.get("__main__") is stub:
+            sys.modules["__main__"] = old
+
+
 def _pool_fit(args):
     key, task = args
     return key, fit_unit(task)
@@ -432,7 +453,8 @@ def run_sweep(
         import multiprocessing as mp
         import tempfile
 
-        pool = mp.get_context("spawn").Pool(workers)
+        with _spawn_without_main():
+            pool = mp.get_context("spawn").Pool(workers)
         tmpdir = tempfile.TemporaryDirectory(prefix="prune4rel-sweep-")
     try:
         for seed in seeds:
@@ -445,6 +467,7 @@ def run_sweep(
             _restore_torch_threads(torch_threads)
             if not train:
                 for row in base_rows:
+                    row = {k: v for k, v in row.items() if k != "_subset"}
                     rows.append(row)
                     if on_result is not None:
                         on_result(dict(row))

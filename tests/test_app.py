@@ -403,3 +403,35 @@ def test_explore_switches_to_umap_when_ready_unless_pca_was_picked(ws):
         assert at.radio(key="explore_projection").value == "PCA"  # the user's choice stays
     finally:
         store.delete_bundle(rid, "maps/umap")
+
+
+def test_sweep_warns_when_relabeling_made_labels_worse_and_shows_the_frozen_caveat(ws):
+    """A real 1-epoch from-scratch sweep re-labels worse than the given labels (60% right): the
+    page says so next to the chart; it reuses the run's own warm-up for the run's seed; the
+    frozen-features choice carries its caveat."""
+    store, rid, _ = ws
+    at = open_app(rid, "pages/sweep.py")
+    at.multiselect(key="sweep_methods").set_value(["uniform"]).run()
+    at.text_input(key="sweep_ratios").input("0.2").run()
+    at.selectbox(key="sweep_learner").set_value("ce").run()
+    at.number_input(key="sweep_learner_epochs").set_value(1).run()
+    assert at.selectbox(key="sweep_learner_input").value == "from-scratch"
+    at.button(key="sweep_start").click().run()
+    jobs = wait_jobs(store, rid, "sweep", timeout=300)
+    assert jobs[0]["state"] == "done", jobs[0].get("error")
+    at = open_app(rid, "pages/sweep.py")
+    rows = J.list_sweeps(store, rid)[0]["rows"]
+    assert rows[0]["warmup_reused"] is True and rows[0]["relabel_gain_all"] < 0
+    warnings = [w.value for w in at.warning]
+    assert any(w.startswith("Re-labeling made the labels worse than the given labels") for w in warnings), warnings
+    assert not any("frozen-features" in w for w in warnings)
+    at.multiselect(key="sweep_methods").set_value(["uniform"]).run()
+    at.text_input(key="sweep_ratios").input("0.3").run()
+    at.selectbox(key="sweep_learner").set_value("ce").run()
+    at.number_input(key="sweep_learner_epochs").set_value(1).run()
+    at.selectbox(key="sweep_learner_input").set_value("frozen-features").run()
+    at.button(key="sweep_start").click().run()
+    jobs = wait_jobs(store, rid, "sweep", timeout=300, at_least=2)
+    assert all(j["state"] == "done" for j in jobs), jobs
+    at = open_app(rid, "pages/sweep.py")
+    assert any("pruned ones included" in w.value for w in at.warning)
