@@ -444,7 +444,7 @@ def render(df, args, caches: dict, invocations: list[dict]) -> str:
     out += ["## Protocol", "",
             "- Every unit trains the re-labeling learner **from scratch on the kept examples only** "
             "(`learner_input='from-scratch'`, the paper's protocol): a freshly initialised network of the warm-up's "
-            "architecture (`resnet20` on CIFAR-10N, `small_cnn` on USPS), default learner hyper-parameters "
+            "architecture (`model` in the diagnostics table: `auto` on a CPU), default learner hyper-parameters "
             "(`python -m prune_core methods`), weak view = random crop/shift (+ flip on RGB), strong view = weak + "
             "cutout. No pruned example reaches the learner, so subsets compare honestly (the earlier frozen-feature "
             "head, trained on embeddings of all examples, put every sensible method within 0.5 pt on USPS).",

@@ -17,7 +17,7 @@ run_id = ui.need_run()
 d = ui.need_data(run_id)
 
 from prune_core.models import MODEL_NAMES, resolve_model_name  # noqa: E402
-from prune_core.warmup import DEFAULTS, resolve_device  # noqa: E402
+from prune_core.warmup import default_hyperparameters, resolve_device  # noqa: E402
 
 ds = d.ds
 c1, c2, c3, c4, c5 = st.columns(5)
@@ -31,13 +31,18 @@ def reset_defaults():
 
 model = c1.selectbox("Model", ["auto", *MODEL_NAMES], key="warmup_model", on_change=reset_defaults)
 try:
-    resolved = resolve_model_name(model, ds.kind, ds.x_train.shape[1:], num_examples=ds.n_train)
+    try:  # "auto" depends on the device (the paper's network on CUDA); the choice sits below
+        device_type = resolve_device(st.session_state.get("warmup_device", "auto")).type
+    except Exception:  # noqa: BLE001 - an unavailable device is reported at its own widget
+        device_type = "cpu"
+    resolved = resolve_model_name(model, ds.kind, ds.x_train.shape[1:], num_examples=ds.n_train,
+                                  device_type=device_type)
 except Exception as e:  # noqa: BLE001 - e.g. a CNN asked for feature vectors
     st.error(str(e))
     st.stop()
 if model == "auto":
     c1.caption(f"auto picks **{resolved}**")
-e0, lr0, b0 = DEFAULTS[resolved]
+e0, lr0, b0 = default_hyperparameters(resolved, ds.kind)
 for k, v in (("warmup_epochs", e0), ("warmup_lr", lr0), ("warmup_batch", b0)):
     if k not in st.session_state:
         st.session_state[k] = v

@@ -349,7 +349,12 @@ def test_run_picker_holds_the_id_and_a_failed_step_keeps_the_run(ws):
         at.text_input(key="select_tau").input("0.99999").run()
         at.button(key="select_run").click().run()
         wait_jobs(store, rid, "select", at_least=n_jobs + 1)
-        at.run()
+        deadline = time.time() + 10  # the page shows the failure on its next poll, as in the browser
+        while True:
+            at.run()
+            if any("select failed" in e.value for e in at.error) or time.time() > deadline:
+                break
+            time.sleep(0.5)
         assert at.sidebar.selectbox(key="run").value == rid
         assert store.get_run(rid)["state"] == "done"
         assert any("select failed" in e.value for e in at.error), [e.value for e in at.error]

@@ -6,6 +6,7 @@ import importlib.util
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -410,3 +411,22 @@ def test_sweep_reuses_a_given_warmup(features_npz, monkeypatch):
     df = run_sweep(config, ["uniform"], [0.5], [0], "ce", learner_epochs=1,
                    precomputed={0: {"noisy": ctx.noisy, "wu": ctx.wu, "graph": ctx.graph, "ginfo": ctx.ginfo}})
     assert not calls and df.warmup_reused.all() and df.warmup_seconds.iloc[0] == 0
+
+
+def test_cancel_stops_a_sweep_on_worker_processes(features_npz):
+    import threading
+
+    from prune_core.errors import Cancelled
+
+    cancel = threading.Event()
+    seen = []
+
+    def on_result(row):
+        seen.append(row)
+        cancel.set()  # cancel as soon as the first fit is back
+
+    with pytest.raises(Cancelled):
+        run_sweep({"data": features_npz, "noise": "sym:0.3", "warmup_epochs": 2}, ["uniform", "prune4rel"],
+                  [0.2, 0.4, 0.6, 0.8], [0], "ce", learner_epochs=200, workers=2, on_result=on_result,
+                  cancel=cancel)
+    assert len(seen) == 1  # the fits still queued or running were dropped with the pool

@@ -108,7 +108,12 @@ def test_resnet20_is_the_cifar_resnet_and_the_cpu_default():
     assert len(convs) == 19  # stem + 3 stages x 3 blocks x 2 convs; + fc = 20 weighted layers
     assert 0.26e6 < sum(p.numel() for p in net.parameters()) < 0.28e6  # He et al.: 0.27M
     assert resolve_model_name("auto", "rgb", (32, 32, 3), num_examples=50_000) == "resnet20"
-    assert resolve_model_name("auto", "rgb", (32, 32, 3), num_examples=50_000, device_type="cuda") == "preact_resnet18"
+    assert resolve_model_name("auto", "rgb", (32, 32, 3), num_examples=3_000) == "small_cnn"
+    for n in (500, 50_000):
+        assert resolve_model_name("auto", "rgb", (32, 32, 3), num_examples=n, device_type="cuda") == "preact_resnet18"
+    from prune_core.warmup import default_hyperparameters
+
+    assert default_hyperparameters("small_cnn", "rgb")[0] == 30 and default_hyperparameters("small_cnn", "grey")[0] == 15
 
 
 def test_to_tensor_batch_layout_and_normalisation():
