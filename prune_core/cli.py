@@ -56,7 +56,8 @@ def _number_list(cast):
 
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default="digits",
-                   help="digits | npz:PATH | torchvision:NAME:ROOT | imagefolder:PATH (default digits)")
+                   help="digits | npz:PATH | torchvision:NAME:ROOT | imagefolder:PATH | "
+                        "csv:PATH[#image=COL,label=COL,split=COL,clean=COL] (default digits)")
     p.add_argument("--noise", default="sym:0.4",
                    help="none | sym:RATE | asym:RATE[:MAP] | labels:PATH[#KEY] (default sym:0.4)")
     p.add_argument("--download", action="store_true", help="let torchvision sources download when missing")
