@@ -189,6 +189,22 @@ def read_model_outputs(probs: str, embeddings: str, labels: str, labels_clean: s
     )
 
 
+def read_model_outputs_npz(path) -> ModelOutputs:
+    """Model outputs from one .npz file with arrays probs, embeddings, labels and optional labels_clean."""
+    p, _ = _split_spec(str(path), "model outputs")
+    try:
+        with np.load(p, allow_pickle=False) as z:
+            keys = set(z.files)
+    except Exception as e:  # noqa: BLE001
+        raise InputError(f"model outputs: {p} is not a readable .npz file ({type(e).__name__})") from None
+    missing = [k for k in ("probs", "embeddings", "labels") if k not in keys]
+    if missing:
+        raise InputError(f"model outputs: {p.name} lacks {', '.join(missing)}; it needs arrays probs, embeddings, "
+                         f"labels (and optionally labels_clean); it has {', '.join(sorted(keys))}")
+    return read_model_outputs(f"{p}#probs", f"{p}#embeddings", f"{p}#labels",
+                              f"{p}#labels_clean" if "labels_clean" in keys else None)
+
+
 def outputs_dataset(outputs: ModelOutputs, x=None, name: str = "model outputs"):
     """A `Dataset` for model outputs: x_train is `x` (images for thumbnails) or the embeddings.
 
@@ -198,7 +214,8 @@ def outputs_dataset(outputs: ModelOutputs, x=None, name: str = "model outputs"):
 
     x_train = outputs.embeddings if x is None else x
     if len(x_train) != outputs.n:
-        raise InputError(f"the images list {len(x_train)} examples but the model outputs have {outputs.n} rows")
+        raise InputError(f"there are {len(x_train)} images but the model outputs have {outputs.n} rows; "
+                         "give one image per row, in the same order")
     return validate_dataset(Dataset(x_train=x_train, y_train=outputs.labels, y_train_clean=outputs.labels_clean,
                                     num_classes=outputs.num_classes,
                                     class_names=[str(i) for i in range(outputs.num_classes)], name=name))

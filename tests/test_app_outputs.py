@@ -1,0 +1,122 @@
+"""AppTest on a run made from model outputs (no warm-up): the Data page makes it from an upload,
+Select (slider), Explore (UMAP from the embeddings) and Label errors render, the Warm-up and
+Sweep pages say what they cannot do, and the sweep selects without training."""
+
+import io
+import os
+
+import numpy as np
+import pytest
+
+from prune_core import jobs as J
+from prune_core.outputs import check_model_outputs
+from prune_core.runstore import RunStore
+from tests.test_app import metric, open_app
+
+N = 400
+
+
+def digits_outputs():
+    """Out-of-sample probabilities (3-fold logistic regression on 30%-noisy labels), PCA
+    embeddings, given and clean labels and the 8x8 images of the first N digits."""
+    from sklearn.datasets import load_digits
+    from sklearn.decomposition import PCA
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import cross_val_predict
+
+    from prune_core.noise import inject_noise
+
+    bunch = load_digits()
+    x, y_clean = bunch.data[:N] / 16.0, bunch.target[:N]
+    y = inject_noise(y_clean, "sym", 0.3, num_classes=10, seed=0)
+    probs = cross_val_predict(LogisticRegression(max_iter=200), x, y, cv=3, method="predict_proba")
+    emb = PCA(12, random_state=0).fit_transform(x).astype(np.float32)
+    images = np.round(bunch.images[:N] * 255 / 16).astype(np.uint8)
+    return probs.astype(np.float32), emb, y, y_clean, images
+
+
+@pytest.fixture(scope="module")
+def ws(tmp_path_factory):
+    path = tmp_path_factory.mktemp("workspace")
+    old = {k: os.environ.get(k) for k in ("PRUNE4REL_WORKSPACE", "PRUNE4REL_AUTODEMO")}
+    os.environ["PRUNE4REL_WORKSPACE"] = str(path)
+    os.environ.pop("PRUNE4REL_AUTODEMO", None)
+    store = RunStore(path)
+    probs, emb, y, y_clean, images = digits_outputs()
+    rid = store.create_run({"data": "model outputs", "noise": "none", "kind": "outputs"}, name="outputs")
+    J.save_model_outputs(store, rid, check_model_outputs(probs, emb, y, y_clean), images)
+    key = J.run_task(store, rid, J.task_select, method="prune4rel", tau="auto")
+    store.update_run(rid, state="done")
+    yield store, rid, key, (probs, emb, y, y_clean)
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+def test_model_outputs_run_is_stored_as_data_and_warmup(ws):
+    store, rid, _, (probs, emb, y, y_clean) = ws
+    data, wu = J.load_data(store, rid), J.load_warmup(store, rid)
+    assert J.is_model_outputs(wu) and wu.losses is None and wu.forgetting is None
+    np.testing.assert_array_equal(wu.probs, probs)
+    np.testing.assert_array_equal(data.y_noisy, y)
+    np.testing.assert_array_equal(data.y_clean, y_clean)
+    assert data.ds.kind == "grey" and data.ds.n_train == N and data.ds.n_test == 0  # thumbnails, no hold-out
+
+
+def test_select_explore_label_errors_render_and_slider_works(ws):
+    store, rid, _, _ = ws
+    at = open_app(rid, "pages/select.py")
+    assert not at.error, [e.value for e in at.error]
+    assert metric(at, "Kept examples") == f"{round(0.5 * N):,}"
+    at.select_slider(key="select_keep").set_value(20).run()
+    assert metric(at, "Kept examples") == f"{round(0.2 * N):,}"
+    at.select_slider(key="select_keep").set_value(50).run()
+    for page, title in (("pages/explore.py", "Explore"), ("pages/label_errors.py", "Label errors")):
+        at = open_app(rid, page)
+        assert at.title[0].value == title and not at.error, [e.value for e in at.error]
+    J.run_task(store, rid, J.task_maps, seed=0)  # what the Explore page's "Compute UMAP" job runs
+    at = open_app(rid, "pages/explore.py")
+    assert "UMAP" in at.radio(key="explore_projection").options
+    at = open_app(rid, "pages/label_errors.py")
+    assert float(metric(at, "Average precision")) > 0.3
+
+
+def test_warmup_and_sweep_pages_say_what_they_need(ws):
+    store, rid, _, _ = ws
+    at = open_app(rid, "pages/warmup.py")
+    assert any("model outputs" in i.value and "nothing to train" in i.value for i in at.info)
+    assert "warmup_start" not in {b.key for b in at.button}
+    at = open_app(rid, "pages/sweep.py")
+    assert any("can only select" in i.value for i in at.info)
+    with pytest.raises(Exception, match="its sweep only selects"):
+        J.run_task(store, rid, J.task_sweep, methods=["uniform"], ratios=[0.5], seeds=[0], learner="ce")
+    J.run_task(store, rid, J.task_sweep, methods=["prune4rel", "uniform"], ratios=[0.3, 0.6], seeds=[0],
+               learner="none", key="s1")
+    rows = J.list_sweeps(store, rid)[0]["rows"]
+    assert len(rows) == 4 and {r["method"] for r in rows} == {"prune4rel", "uniform"}
+    with pytest.raises(Exception, match="needs forgetting"):
+        J.run_task(store, rid, J.task_select, method="forgetting")
+
+
+def test_data_page_makes_a_run_from_uploaded_outputs(ws, tmp_path):
+    store, rid, _, (probs, emb, y, y_clean) = ws
+    n_runs = len(store.list_runs())
+    at = open_app(rid, "pages/data.py")
+    bad = io.BytesIO()
+    np.savez(bad, probs=probs, embeddings=emb[:10], labels=y)
+    at.file_uploader(key="outputs_upload").set_value(("bad.npz", bad.getvalue(), "application/octet-stream")).run()
+    at.button(key="outputs_load").click().run()
+    assert len(at.error) == 1 and "embeddings have 10 rows but there are 400 examples" in at.error[0].value
+    assert len(store.list_runs()) == n_runs
+    good = io.BytesIO()
+    np.savez(good, probs=probs, embeddings=emb, labels=y)
+    at.file_uploader(key="outputs_upload").set_value(("good.npz", good.getvalue(), "application/octet-stream")).run()
+    at.button(key="outputs_load").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert len(store.list_runs()) == n_runs + 1
+    new = store.list_runs()[0]
+    assert metric(at, "Training examples") == f"{N:,}" and at.sidebar.selectbox(key="run").value == new["id"]
+    assert J.is_model_outputs(J.load_warmup(store, new["id"]))
+    store.delete_run(new["id"])
