@@ -62,7 +62,9 @@ def _add_common(p: argparse.ArgumentParser) -> None:
                    help="none | sym:RATE | asym:RATE[:MAP] | labels:PATH[#KEY] (default sym:0.4)")
     p.add_argument("--download", action="store_true", help="let torchvision sources download when missing")
     p.add_argument("--device", default="auto", help="auto (cuda, mps, cpu) | cpu | cuda | mps")
-    p.add_argument("--model", default="auto", help="auto | mlp | small_cnn | resnet18 | preact_resnet18")
+    p.add_argument("--model", default="auto", help="auto | mlp | small_cnn | resnet20 | resnet18 | preact_resnet18 | torchvision:ARCH[:WEIGHTS] "
+                        "(a pretrained torchvision backbone, frozen, with a trained head; WEIGHTS: DEFAULT, a "
+                        "weights name, none, or a local state_dict file)")
     p.add_argument("--warmup-epochs", type=int, default=None, help="warm-up epochs (default per model)")
     p.add_argument("--lr", type=float, default=None, help="warm-up learning rate (default per model)")
     p.add_argument("--batch-size", type=int, default=None, help="warm-up batch size (default per model)")

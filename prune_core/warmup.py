@@ -52,6 +52,9 @@ DEFAULTS: dict[str, tuple[int, float, int]] = {
     "resnet18": (10, 0.02, 128),
     "preact_resnet18": (10, 0.02, 128),
 }
+# torchvision:ARCH backbones train a linear head on frozen features: a higher learning rate
+# suits a lone linear layer, and nothing in it can memorise much in 10 epochs.
+TORCHVISION_DEFAULTS: tuple[int, float, int] = (10, 0.05, 128)
 INFERENCE_BATCH = 512
 # Keep the whole uint8 training array on an accelerator when it is at most this large:
 # saves one host-to-device copy per batch.
@@ -348,7 +351,9 @@ def warmup(ds, y_noisy, epochs: int | None = None, model: str = "auto", lr: floa
         num_classes, optional kind, x_test, y_test.
     y_noisy: (N,) int labels in 0..C-1, the (possibly noisy) labels to train on.
     epochs, lr, batch_size: None -> per-model defaults (`DEFAULTS`).
-    model: "auto" or one of models.MODEL_NAMES (see models.resolve_model_name).
+    model: "auto", one of models.MODEL_NAMES (see models.resolve_model_name), or
+        "torchvision:ARCH[:WEIGHTS]": a pretrained torchvision backbone, frozen, with a new
+        linear head that the warm-up trains (TORCHVISION_DEFAULTS); see models' docstring.
     weight_decay: SGD weight decay (the paper's 5e-4).
     device: "auto" (cuda, then mps, then cpu), "cpu", "cuda[:i]" or "mps".
     seed: seeds weight init, shuffling and augmentation (the caller's global torch RNG is left
@@ -393,7 +398,7 @@ def warmup(ds, y_noisy, epochs: int | None = None, model: str = "auto", lr: floa
 
     dev = resolve_device(device)
     model_name = resolve_model_name(model, kind, x_train.shape[1:], num_examples=n, device_type=dev.type)
-    default_epochs, default_lr, default_batch = DEFAULTS[model_name]
+    default_epochs, default_lr, default_batch = DEFAULTS.get(model_name, TORCHVISION_DEFAULTS)
     epochs = int(_positive(default_epochs if epochs is None else epochs, "epochs", int))
     lr = _positive(default_lr if lr is None else lr, "lr")
     batch_size = min(int(_positive(default_batch if batch_size is None else batch_size, "batch_size", int)), n)
