@@ -25,6 +25,7 @@ SOURCES = {
     "npz": "npz file (path on the server)",
     "torchvision": "torchvision dataset (folder)",
     "imagefolder": "image folder (one sub-folder per class)",
+    "csv": "CSV of image paths and labels",
 }
 NOISE_KINDS = {"none": "none (labels as given)", "sym": "symmetric", "asym": "asymmetric (class flips)",
                "labels": "noisy-label file"}
@@ -58,6 +59,11 @@ def spec_from_inputs() -> tuple[str, bool]:
             raise InputError("enter the torchvision root folder")
         return f"torchvision:{st.session_state.get('data_tv_name', 'mnist')}:{root}", bool(
             st.session_state.get("data_tv_download", False))
+    if src == "csv":
+        p = (st.session_state.get("data_csv_path") or "").strip()
+        if not p:
+            raise InputError("enter the path of the CSV (optionally #image=COL,label=COL,split=COL,clean=COL)")
+        return f"csv:{p}", False
     p = (st.session_state.get("data_folder_path") or "").strip()
     if not p:
         raise InputError("enter the path of the image folder")
@@ -91,6 +97,10 @@ with st.expander("New run from a dataset", expanded=not has_data):
         c3.checkbox("Download if missing", key="data_tv_download")
     elif src == "imagefolder":
         st.text_input("Image folder (class sub-folders, optionally under train/ and test/)", key="data_folder_path")
+    elif src == "csv":
+        st.text_input("CSV (or .parquet) with image paths relative to its folder and labels; optional split "
+                      "(train/test) and clean-label columns", key="data_csv_path",
+                      placeholder="/data/list.csv#image=file,label=class")
     c1, c2, c3 = st.columns(3)
     kind = c1.selectbox("Noise", list(NOISE_KINDS), index=1, key="data_noise_type", format_func=NOISE_KINDS.get)
     if kind in ("sym", "asym"):

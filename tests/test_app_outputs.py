@@ -120,3 +120,28 @@ def test_data_page_makes_a_run_from_uploaded_outputs(ws, tmp_path):
     assert metric(at, "Training examples") == f"{N:,}" and at.sidebar.selectbox(key="run").value == new["id"]
     assert J.is_model_outputs(J.load_warmup(store, new["id"]))
     store.delete_run(new["id"])
+
+
+def test_data_page_csv_source(ws, tmp_path):
+    from PIL import Image
+
+    store, rid, _, _ = ws
+    rng = np.random.default_rng(0)
+    lines = ["file,class"]
+    for i in range(12):
+        Image.fromarray(rng.integers(0, 256, (6, 6), dtype=np.uint8)).save(tmp_path / f"{i}.png")
+        lines.append(f"{i}.png,{'cat' if i % 2 else 'dog'}")
+    (tmp_path / "list.csv").write_text("\n".join(lines) + "\n")
+    at = open_app(rid, "pages/data.py")
+    at.radio(key="data_source").set_value("csv").run()
+    at.text_input(key="data_csv_path").input(f"{tmp_path / 'list.csv'}#image=nope").run()
+    at.button(key="data_load").click().run()
+    assert len(at.error) == 1 and "has no column 'nope' (image)" in at.error[0].value
+    at.text_input(key="data_csv_path").input(str(tmp_path / "list.csv")).run()
+    at.selectbox(key="data_noise_type").set_value("none").run()
+    at.button(key="data_load").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    new = store.list_runs()[0]
+    assert new["config"]["data"] == f"csv:{tmp_path / 'list.csv'}"
+    assert int(metric(at, "Training examples")) + int(metric(at, "Test examples")) == 12
+    store.delete_run(new["id"])
