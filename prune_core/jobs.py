@@ -284,6 +284,7 @@ def load_data(store: RunStore, run_id: str):
         y_train_clean=b.array("y_train_clean", mmap=False),
         x_test=b.array("x_test"), y_test=b.array("y_test", mmap=False),
         num_classes=int(info["num_classes"]), class_names=list(info["class_names"]), name=info.get("spec", ""),
+        label_values=None if info.get("label_values") is None else np.asarray(info["label_values"], dtype=np.int64),
     )
     return SimpleNamespace(ds=ds, y_noisy=b.array("y_noisy", mmap=False), y_clean=b.array("y_clean", mmap=False),
                            is_noisy=b.array("is_noisy", mmap=False), transition=b.array("transition", mmap=False),
@@ -812,15 +813,18 @@ def list_sweeps(store: RunStore, run_id: str) -> list[dict]:
 # --------------------------------------------------------------------------- exports
 
 
-def selection_csv(sel, y_noisy, y_clean, conf) -> bytes:
+def selection_csv(sel, y_noisy, y_clean, conf, label_values=None) -> bytes:
     """The CLI's selection.csv for a Selection: one row per training example (N rows).
 
     Columns: index, rank (pick position, -1 when dropped), selected (1/0), given_label,
-    clean_label (empty without ground truth), confidence.
+    clean_label (empty without ground truth), confidence. label_values: the dataset's original
+    label values ((C,), `Dataset.label_values`) when its labels were mapped to ids 0..C-1;
+    the label columns are then written in those values.
     """
     from .pipeline import selection_csv as pipeline_csv
 
-    result = SimpleNamespace(selection=sel, noisy=SimpleNamespace(y_noisy=y_noisy, y_clean=y_clean), confidence=conf)
+    result = SimpleNamespace(selection=sel, noisy=SimpleNamespace(y_noisy=y_noisy, y_clean=y_clean), confidence=conf,
+                             dataset=SimpleNamespace(label_values=label_values))
     return pipeline_csv(result)
 
 

@@ -145,3 +145,28 @@ def test_data_page_csv_source(ws, tmp_path):
     assert new["config"]["data"] == f"csv:{tmp_path / 'list.csv'}"
     assert int(metric(at, "Training examples")) + int(metric(at, "Test examples")) == 12
     store.delete_run(new["id"])
+
+
+def test_app_exports_write_the_datasets_own_label_values(tmp_path):
+    """A dataset with labels 10/20/30: the Select page's CSV and the corrections CSV write them back."""
+    from prune_core.label_errors import corrections_frame
+    from prune_core.selection import select
+
+    store = RunStore(tmp_path / "ws")
+    rng = np.random.default_rng(0)
+    y = np.array([10, 20, 30] * 20)
+    np.savez(tmp_path / "d.npz", x_train=rng.normal(size=(60, 4)).astype(np.float32), y_train=y)
+    rid = store.create_run({"data": "npz"}, name="values")
+    J.run_task(store, rid, J.task_load, data=f"npz:{tmp_path / 'd.npz'}", noise="none", seed=0)
+    d = J.load_data(store, rid)
+    assert list(d.ds.label_values) == [10, 20, 30]
+    sel = select("uniform", keep_ratio=0.5, labels=d.y_noisy, seed=0)
+    text = J.selection_csv(sel, d.y_noisy, d.y_clean, np.ones(d.ds.n_train), d.ds.label_values).decode()
+    import pandas as pd
+
+    table = pd.read_csv(io.StringIO(text))
+    assert set(table["given_label"]) == {10, 20, 30}
+    issues = pd.DataFrame({"index": [0], "given_label": [0], "suggested_label": [2], "confidence": [0.9],
+                           "score": [0.8]})
+    out = corrections_frame(issues, {"0": {"decision": "accept"}}, d.ds.label_values)
+    assert list(out["corrected_label"]) == [30] and list(out["given_label"]) == [10]
