@@ -25,6 +25,7 @@ SOURCES = {
     "npz": "npz file (path on the server)",
     "torchvision": "torchvision dataset (folder)",
     "imagefolder": "image folder (one sub-folder per class)",
+    "csv": "CSV of image paths and labels",
 }
 # Stored upload path -> the file name the user chose (this session): messages name the user's file.
 UPLOAD_NAMES: dict[str, str] = st.session_state.setdefault("_upload_names", {})
@@ -63,6 +64,11 @@ def spec_from_inputs() -> tuple[str, bool]:
             raise InputError("enter the torchvision root folder")
         return f"torchvision:{st.session_state.get('data_tv_name', 'mnist')}:{root}", bool(
             st.session_state.get("data_tv_download", False))
+    if src == "csv":
+        p = (st.session_state.get("data_csv_path") or "").strip()
+        if not p:
+            raise InputError("enter the path of the CSV (optionally #image=COL,label=COL,split=COL,clean=COL)")
+        return f"csv:{p}", False
     p = (st.session_state.get("data_folder_path") or "").strip()
     if not p:
         raise InputError("enter the path of the image folder")
@@ -110,6 +116,10 @@ with st.expander("New run from a dataset", expanded=not has_data):
         c3.checkbox("Download if missing", key="data_tv_download")
     elif src == "imagefolder":
         st.text_input("Image folder (class sub-folders, optionally under train/ and test/)", key="data_folder_path")
+    elif src == "csv":
+        st.text_input("CSV (or .parquet) with image paths relative to its folder and labels; optional split "
+                      "(train/test) and clean-label columns", key="data_csv_path",
+                      placeholder="/data/list.csv#image=file,label=class")
     c1, c2, c3 = st.columns(3)
     kind = c1.selectbox("Noise", list(NOISE_KINDS), index=1, key="data_noise_type", format_func=NOISE_KINDS.get)
     if kind in ("sym", "asym"):
@@ -142,6 +152,65 @@ with st.expander("New run from a dataset", expanded=not has_data):
             st.error(users_words(str(e)))
         except Exception as e:  # noqa: BLE001 - an unreadable upload, say: one line, the user's file named
             st.error(users_words(f"could not load the data: {type(e).__name__}: {e}"))
+
+with st.expander("New run from model outputs (probabilities and embeddings you already have; no warm-up)"):
+    st.caption("Probabilities (N, C) in dataset and class order (cleanlab's pred_probs; out-of-sample, e.g. from "
+               "cross-validation), embeddings (N, D), given labels 0..C-1, optional clean labels.")
+    how = st.radio("From", ["upload", "paths"], key="outputs_from", horizontal=True,
+                   format_func={"upload": "one .npz (probs, embeddings, labels, labels_clean)",
+                                "paths": "files on the server"}.get)
+    if how == "upload":
+        st.file_uploader("npz with arrays probs, embeddings, labels (optional labels_clean)", type=["npz"],
+                         key="outputs_upload")
+    else:
+        c1, c2 = st.columns(2)
+        c1.text_input("Probabilities", key="outputs_probs", placeholder="/data/out.parquet#prob_*")
+        c2.text_input("Embeddings", key="outputs_embeddings", placeholder="/data/out.npz#embeddings")
+        c1.text_input("Labels", key="outputs_labels", placeholder="/data/labels.npy")
+        c2.text_input("Clean labels (optional)", key="outputs_labels_clean")
+    st.text_input("Images for thumbnails (optional): an image folder or a CSV of image paths, in the same order",
+                  key="outputs_images", placeholder="/data/images  or  /data/list.csv")
+    out_name = st.text_input("Run name (optional)", key="outputs_run_name")
+    if st.button("Make the run", key="outputs_load", type="primary"):
+        try:
+            from prune_core.data import load_dataset
+            from prune_core.outputs import read_model_outputs, read_model_outputs_npz
+
+            if how == "upload":
+                up = st.session_state.get("outputs_upload")
+                if up is None:
+                    raise InputError("choose an .npz file to upload first")
+                raw = up.getvalue()
+                path = s.root / "uploads" / (hashlib.sha256(raw).hexdigest()[:16] + ".npz")
+                if not path.exists():
+                    from prune_core.runstore import atomic_write_bytes
+
+                    atomic_write_bytes(path, raw)
+                outputs = read_model_outputs_npz(path)
+            else:
+                field = {k: (st.session_state.get(f"outputs_{k}") or "").strip()
+                         for k in ("probs", "embeddings", "labels", "labels_clean")}
+                outputs = read_model_outputs(field["probs"], field["embeddings"], field["labels"],
+                                             field["labels_clean"] or None)
+            images = None
+            where = (st.session_state.get("outputs_images") or "").strip()
+            if where:
+                source = f"csv:{where}" if where.lower().endswith((".csv", ".parquet")) or ".csv#" in where \
+                    else f"imagefolder:{where}"
+                images = load_dataset(source, test_fraction=0).x_train
+            from prune_core.outputs import outputs_dataset
+
+            outputs_dataset(outputs, images)  # checks (image count) before the run exists
+            new_id = s.create_run({"data": "model outputs", "noise": "none", "seed": 0, "kind": "outputs"},
+                                  name=out_name or f"model outputs, N={outputs.n}, C={outputs.num_classes}")
+            J.save_model_outputs(s, new_id, outputs, images)
+            s.update_run(new_id, state="done", message="model outputs loaded")
+            ui.request_run(new_id)
+            st.session_state["data_loaded_msg"] = (f"Loaded model outputs for {outputs.n} examples "
+                                                   f"({outputs.num_classes} classes). Next: Select.")
+            st.rerun()
+        except InputError as e:
+            st.error(str(e))
 
 msg = st.session_state.pop("data_loaded_msg", None)
 if msg:

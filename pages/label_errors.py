@@ -111,7 +111,7 @@ for _, r in rows.iterrows():
 
 # ---- export
 decisions = s.load_json(run_id, "label_decisions", default={}) or {}
-acc = corrections_frame(issues, decisions)
+acc = corrections_frame(issues, decisions, d.ds.label_values)
 n_rej = sum(1 for v in decisions.values() if v.get("decision") == "reject")
 st.subheader("Export")
 st.caption(f"{len(acc):,} accepted, {n_rej:,} rejected (decisions are saved with the run).")

@@ -243,7 +243,7 @@ st.subheader("Export")
 
 @st.cache_data(max_entries=8, show_spinner=False)
 def csv_bytes(run: str, key: str, ratio: float, versions: tuple) -> bytes:
-    return J.selection_csv(sel, d.y_noisy, d.y_clean, conf)
+    return J.selection_csv(sel, d.y_noisy, d.y_clean, conf, d.ds.label_values)
 
 
 @st.cache_data(max_entries=8, show_spinner=False)

@@ -20,6 +20,9 @@ st.caption("For every method, keep ratio and seed: select the subset, train the 
 run_id = ui.need_run()
 d = ui.need_data(run_id)
 s = ui.store()
+if J.is_model_outputs(ui.warmup(run_id)):
+    st.info("Model outputs: this sweep can only select (learner none, seed 0); training a learner needs a dataset "
+            "and a warm-up.")
 
 try:
     from prune_core import sweep as sweep_module

@@ -15,6 +15,10 @@ st.caption("A short cross-entropy training on the noisy labels, stopped before t
 
 run_id = ui.need_run()
 d = ui.need_data(run_id)
+if J.is_model_outputs(ui.warmup(run_id)):
+    st.info("This run holds model outputs you supplied (probabilities and embeddings stand in for a warm-up): "
+            "there is nothing to train here; use Select, Explore and Label errors.")
+    st.stop()
 
 from prune_core.models import MODEL_NAMES, resolve_model_name  # noqa: E402
 from prune_core.warmup import default_hyperparameters, resolve_device  # noqa: E402

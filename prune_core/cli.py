@@ -1,4 +1,4 @@
-"""Command line: `python -m prune_core run|sweep|methods`.
+"""Command line: `python -m prune_core run|select|sweep|methods`.
 
 User errors end with exit code 2 and one line on stderr, never a traceback.
 """
@@ -56,17 +56,25 @@ def _number_list(cast):
 
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default="digits",
-                   help="digits | npz:PATH | torchvision:NAME:ROOT | imagefolder:PATH (default digits)")
+                   help="digits | npz:PATH | torchvision:NAME:ROOT | imagefolder:PATH | "
+                        "csv:PATH[#image=COL,label=COL,split=COL,clean=COL] (default digits)")
     p.add_argument("--noise", default="sym:0.4",
                    help="none | sym:RATE | asym:RATE[:MAP] | labels:PATH[#KEY] (default sym:0.4)")
     p.add_argument("--download", action="store_true", help="let torchvision sources download when missing")
     p.add_argument("--device", default="auto", help="auto (cuda, mps, cpu) | cpu | cuda | mps")
-    p.add_argument("--model", default="auto", help="auto | mlp | small_cnn | resnet18 | preact_resnet18")
+    p.add_argument("--model", default="auto", help="auto | mlp | small_cnn | resnet20 | resnet18 | preact_resnet18 | torchvision:ARCH[:WEIGHTS] "
+                        "(a pretrained torchvision backbone, frozen, with a trained head; WEIGHTS: DEFAULT, a "
+                        "weights name, none, or a local state_dict file)")
     p.add_argument("--warmup-epochs", type=int, default=None, help="warm-up epochs (default per model)")
     p.add_argument("--lr", type=float, default=None, help="warm-up learning rate (default per model)")
     p.add_argument("--batch-size", type=int, default=None, help="warm-up batch size (default per model)")
     p.add_argument("--embed-pass", default="eval", choices=["eval", "strong"],
                    help="embeddings from a deterministic eval pass (default) or the official strong-augmentation pass")
+    _add_selection_options(p)
+
+
+def _add_selection_options(p: argparse.ArgumentParser) -> None:
+    """The graph and selection options shared by `run`, `select` and `sweep`."""
     p.add_argument("--k", type=int, default=None, help="neighbours per example in the kNN graph (default 50)")
     p.add_argument("--tau", type=_tau, default="auto",
                    help="similarity threshold on 0.5+0.5cos (the paper: 0.975 for 10 classes), or 'auto': "
@@ -79,6 +87,15 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--confidence", default="maxprob", help="maxprob | margin | entropy")
 
 
+def _add_one_selection(p: argparse.ArgumentParser) -> None:
+    """method, keep ratio, seed, output folder: one selection written as three files (`run`, `select`)."""
+    p.add_argument("--method", default="prune4rel", help="selection method (see `methods`)")
+    p.add_argument("--keep-ratio", type=float, required=True, help="fraction of the training set kept, in (0, 1]")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="output folder for selection.csv, manifest.json, metrics.json")
+    p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="python -m prune_core",
                            description="Robust data pruning under label noise (Prune4ReL).")
@@ -86,11 +103,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="warm up, build the graph, select one subset, write three files")
     _add_common(run)
-    run.add_argument("--method", default="prune4rel", help="selection method (see `methods`)")
-    run.add_argument("--keep-ratio", type=float, required=True, help="fraction of the training set kept, in (0, 1]")
-    run.add_argument("--seed", type=int, default=0)
-    run.add_argument("--out", required=True, help="output folder for selection.csv, manifest.json, metrics.json")
-    run.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    _add_one_selection(run)
+
+    sel = sub.add_parser("select", help="select from model outputs you already have (no training), write three files")
+    sel.add_argument("--probs", required=True,
+                     help="(N, C) predicted probabilities in dataset and class order (cleanlab pred_probs; "
+                          "out-of-sample, e.g. from cross-validation): "
+                          "PATH.npy | PATH.npz#KEY | PATH.csv#COLUMNS | PATH.parquet#COLUMNS (globs: prob_*)")
+    sel.add_argument("--embeddings", required=True, help="(N, D) embeddings, same forms")
+    sel.add_argument("--labels", required=True, help="(N,) given (noisy) class ids 0..C-1, same forms or a label CSV")
+    sel.add_argument("--labels-clean", default=None,
+                     help="(N,) ground-truth class ids, when known (metrics then report the noise kept)")
+    _add_selection_options(sel)
+    _add_one_selection(sel)
 
     sweep = sub.add_parser("sweep", help="methods x keep ratios x seeds, each trained with a re-labeling learner")
     _add_common(sweep)
@@ -149,7 +174,7 @@ def _config_from_args(args, **extra):
 
 
 def cmd_run(args) -> int:
-    from .pipeline import run_pipeline, write_run_outputs
+    from .pipeline import run_pipeline
 
     config = _config_from_args(args, method=args.method, keep_ratio=args.keep_ratio, seed=args.seed)
     from .selection import budget_for
@@ -158,7 +183,14 @@ def cmd_run(args) -> int:
     result = run_pipeline(config, progress=_progress_printer(args.quiet))
     if result.graph_info.fallback:
         print(f"note: {result.graph_info.fallback}", file=sys.stderr)
-    paths = write_run_outputs(result, args.out)
+    return _write_and_summarise(result, args.out)
+
+
+def _write_and_summarise(result, out_dir) -> int:
+    """Write the three files of a run and print its summary as JSON on stdout."""
+    from .pipeline import write_run_outputs
+
+    paths = write_run_outputs(result, out_dir)
     m = result.metrics
     summary = {
         "method": m["method"], "N": m["N"], "budget": m["budget"], "keep_ratio": m["keep_ratio"],
@@ -169,6 +201,26 @@ def cmd_run(args) -> int:
     }
     print(json.dumps(summary, indent=2))
     return 0
+
+
+def cmd_select(args) -> int:
+    from .outputs import check_method_for_outputs, read_model_outputs
+    from .pipeline import RunConfig, select_pipeline
+    from .selection import budget_for
+    from .validation import check_run_options
+
+    config = RunConfig(data="model outputs", noise="none", model="none", device="none", method=args.method,
+                       keep_ratio=args.keep_ratio, seed=args.seed, k=args.k, tau=args.tau, search=args.search,
+                       pca_dim=args.pca_dim, mode=args.mode, eta=args.eta, balance=args.balance,
+                       confidence=args.confidence)
+    budget_for(args.keep_ratio, 2)
+    check_run_options(config)  # options and method first: no file is read for a command that cannot run
+    check_method_for_outputs(args.method)
+    outputs = read_model_outputs(args.probs, args.embeddings, args.labels, args.labels_clean)
+    result = select_pipeline(config, outputs, progress=_progress_printer(args.quiet))
+    if result.graph_info.fallback:
+        print(f"note: {result.graph_info.fallback}", file=sys.stderr)
+    return _write_and_summarise(result, args.out)
 
 
 def cmd_sweep(args) -> int:
@@ -198,7 +250,7 @@ def cmd_methods(args) -> int:
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    handlers = {"run": cmd_run, "sweep": cmd_sweep, "methods": cmd_methods}
+    handlers = {"run": cmd_run, "select": cmd_select, "sweep": cmd_sweep, "methods": cmd_methods}
     try:
         return handlers[args.command](args)
     except InputError as e:

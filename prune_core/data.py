@@ -9,6 +9,11 @@ SPEC forms (the same strings as the CLI's `--data`):
 - ``torchvision:NAME:ROOT``: mnist, fashionmnist, cifar10, cifar100 or svhn read from the local
   folder ROOT by torchvision (downloaded there only with ``download=True``).
 - ``imagefolder:PATH``: one sub-folder per class (optionally under ``train/`` and ``test/``).
+- ``csv:PATH[#image=COL,label=COL,split=COL,clean=COL]``: a table (CSV, or Parquet by its
+  .parquet suffix) with one row per image: an image path (relative to the table's folder, or
+  absolute), a label (class names or integers), an optional split (train/test) and an
+  optional clean label. Column names default to the first header found among
+  `CSV_COLUMNS` (case-insensitive); ``#`` names them explicitly. Rows keep their order.
 
 Sources without their own test split get a stratified hold-out (``test_fraction``, ``split_seed``).
 Every loaded dataset goes through `validate_dataset`, which raises `InputError` with a one-line
@@ -36,8 +41,16 @@ from .validation import check_labels, encode_label_values, image_to_uint8
 
 SPEC_FORMS = (
     "digits, npz:PATH, torchvision:NAME:ROOT (NAME: mnist, fashionmnist, cifar10, cifar100, svhn), "
-    "imagefolder:PATH"
+    "imagefolder:PATH, csv:PATH[#image=COL,label=COL,split=COL,clean=COL]"
 )
+# csv: source: the accepted names of each column, first match wins (case-insensitive).
+CSV_COLUMNS = {
+    "image": ("image", "path", "file", "filename", "filepath", "image_path", "img"),
+    "label": ("label", "labels", "noisy_label", "given_label", "class", "target", "y", "category"),
+    "split": ("split", "subset", "fold"),
+    "clean": ("clean_label", "label_clean", "true_label", "y_clean", "clean"),
+}
+CSV_SPLITS = {"train": "train", "training": "train", "test": "test", "testing": "test"}
 TORCHVISION_NAMES = ("mnist", "fashionmnist", "cifar10", "cifar100", "svhn")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
@@ -251,12 +264,12 @@ def load_dataset(
     """Load a dataset from a SPEC string (see the module docstring) and validate it.
 
     Args:
-        spec: ``digits``, ``npz:PATH``, ``torchvision:NAME:ROOT`` or ``imagefolder:PATH``.
+        spec: ``digits``, ``npz:PATH``, ``torchvision:NAME:ROOT``, ``imagefolder:PATH`` or ``csv:PATH[#...]``.
         download: torchvision sources only: fetch the files into ROOT when missing.
         test_fraction: share held out as a stratified test split when the source has none
             (0 keeps everything for training).
         split_seed: seed of that hold-out split.
-        image_size: imagefolder only: (H, W) or an int for square; default is the most common size.
+        image_size: imagefolder and csv: (H, W) or an int for square; default is the most common size.
 
     Returns:
         A validated `Dataset` whose ``name`` is `spec`.
@@ -276,12 +289,16 @@ def load_dataset(
         ds = _load_torchvision(spec, rest, download)
     elif source == "imagefolder" and rest:
         ds = _load_imagefolder(spec, rest, test_fraction, split_seed, image_size)
+    elif source == "csv" and rest:
+        ds = _load_csv(spec, rest, test_fraction, split_seed, image_size)
     else:
         hint = ""
         if spec.lower().endswith(".npz"):
             hint = f" (did you mean npz:{spec}?)"
         elif os.path.isdir(spec):
             hint = f" (did you mean imagefolder:{spec}?)"
+        elif spec.lower().endswith((".csv", ".parquet")):
+            hint = f" (did you mean csv:{spec}?)"
         raise InputError(f"unknown dataset source '{spec}'{hint}; use one of: {SPEC_FORMS}")
     return validate_dataset(ds)
 
@@ -471,31 +488,14 @@ def _image_files_by_class(folder: Path) -> dict[str, list[Path]]:
     return out
 
 
-def _load_imagefolder(spec: str, path: str, test_fraction: float, seed: int, image_size) -> Dataset:
+def _read_images(tr_files: list, te_files: list, image_size) -> tuple[np.ndarray, np.ndarray | None]:
+    """(x_train, x_test or None): image files read as uint8, all resized to one size.
+
+    The size is `image_size` ((H, W) or an int for square) or else the most common one. The
+    arrays are (N, H, W) grey when every image has equal channels, else (N, H, W, 3) RGB.
+    Raises InputError naming the first file that cannot be read.
+    """
     from PIL import Image
-
-    root = Path(path).expanduser()
-    if not root.is_dir():
-        raise InputError(f"no such folder: {path}")
-    has_split = (root / "train").is_dir()
-    train_files = _image_files_by_class(root / "train" if has_split else root)
-    if not train_files:
-        raise InputError(f"imagefolder:{path}: no class sub-folders with images ({', '.join(IMAGE_EXTENSIONS)})")
-    classes = sorted(train_files)
-    test_files = _image_files_by_class(root / "test") if has_split and (root / "test").is_dir() else {}
-    unknown = sorted(set(test_files) - set(classes))
-    if unknown:
-        raise InputError(f"imagefolder:{path}: test class(es) {', '.join(unknown)} not among the train classes")
-
-    def listing(by_class):
-        files, labels = [], []
-        for c, fs in by_class.items():
-            files += fs
-            labels += [classes.index(c)] * len(fs)
-        return files, np.asarray(labels, dtype=np.int64)
-
-    tr_files, y_train = listing(train_files)
-    te_files, y_test = listing(test_files)
 
     # First pass reads headers only: the target size is the most common one.
     sizes = []
@@ -538,6 +538,34 @@ def _load_imagefolder(spec: str, path: str, test_fraction: float, seed: int, ima
     if grey:
         x_train = np.ascontiguousarray(x_train[..., 0])
         x_test = None if x_test is None else np.ascontiguousarray(x_test[..., 0])
+    return x_train, x_test
+
+
+def _load_imagefolder(spec: str, path: str, test_fraction: float, seed: int, image_size) -> Dataset:
+    root = Path(path).expanduser()
+    if not root.is_dir():
+        raise InputError(f"no such folder: {path}")
+    has_split = (root / "train").is_dir()
+    train_files = _image_files_by_class(root / "train" if has_split else root)
+    if not train_files:
+        raise InputError(f"imagefolder:{path}: no class sub-folders with images ({', '.join(IMAGE_EXTENSIONS)})")
+    classes = sorted(train_files)
+    test_files = _image_files_by_class(root / "test") if has_split and (root / "test").is_dir() else {}
+    unknown = sorted(set(test_files) - set(classes))
+    if unknown:
+        raise InputError(f"imagefolder:{path}: test class(es) {', '.join(unknown)} not among the train classes")
+
+    def listing(by_class):
+        files, labels = [], []
+        for c, fs in by_class.items():
+            files += fs
+            labels += [classes.index(c)] * len(fs)
+        return files, np.asarray(labels, dtype=np.int64)
+
+    tr_files, y_train = listing(train_files)
+    te_files, y_test = listing(test_files)
+
+    x_train, x_test = _read_images(tr_files, te_files, image_size)
     ds = Dataset(
         x_train=x_train,
         y_train=y_train,
@@ -546,5 +574,134 @@ def _load_imagefolder(spec: str, path: str, test_fraction: float, seed: int, ima
         num_classes=len(classes),
         class_names=classes,
         name=spec,
+    )
+    return _with_holdout(ds, test_fraction, seed)
+
+
+def _csv_column_choice(rest: str) -> tuple[str, dict[str, str]]:
+    """(path, {role: column}) from ``PATH#role=COL,...`` (roles: image, label, split, clean)."""
+    path, sep, options = rest.partition("#")
+    chosen = {}
+    for part in options.split(",") if sep else []:
+        if not part.strip():
+            continue
+        role, eq, column = part.partition("=")
+        role = role.strip().lower()
+        if not eq or role not in CSV_COLUMNS or not column.strip():
+            raise InputError(f"csv:{path}: '{part.strip()}' is not ROLE=COLUMN with ROLE one of "
+                             f"{', '.join(CSV_COLUMNS)} (e.g. csv:{path}#image=file,label=class)")
+        chosen[role] = column.strip()
+    return path, chosen
+
+
+def _read_image_table(path: str, chosen: dict[str, str]):
+    """(table of str cells, {role: column name or None}) of a csv: source's table."""
+    import io
+
+    import pandas as pd
+
+    from .validation import _decode_text, one_line
+
+    p = _require_file(path)
+    try:
+        if p.suffix.lower() == ".parquet":
+            table = pd.read_parquet(p).astype(str)
+        else:
+            text = _decode_text(p)
+            first_line = next((line for line in text.splitlines() if line.strip()), "")
+            separator = next((c for c in (",", ";", "\t") if c in first_line), ",")
+            table = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, sep=separator)
+    except InputError:
+        raise
+    except Exception as e:  # noqa: BLE001 - pandas / pyarrow parse errors of many kinds
+        raise InputError(f"csv:{path}: not a readable table ({type(e).__name__}: {one_line(e)})") from None
+    table = table.apply(lambda col: col.str.strip())
+    lower = {str(c).strip().lower(): c for c in table.columns}
+    roles = {}
+    for role, names in CSV_COLUMNS.items():
+        if role in chosen:
+            if chosen[role].lower() not in lower:
+                raise InputError(f"csv:{path} has no column '{chosen[role]}' ({role}); columns: "
+                                 f"{', '.join(map(str, table.columns))}")
+            roles[role] = lower[chosen[role].lower()]
+        else:
+            roles[role] = next((lower[n] for n in names if n in lower), None)
+    for role in ("image", "label"):
+        if roles[role] is None:
+            raise InputError(f"csv:{path}: no {role} column (looked for {', '.join(CSV_COLUMNS[role])}); "
+                             f"columns: {', '.join(map(str, table.columns))}; name it with csv:{path}#{role}=COLUMN")
+    return table, roles
+
+
+def _csv_labels(given, clean, path: str):
+    """Label ids for the label and clean-label columns (str cells) sharing one class set.
+
+    Integers (every cell of both) keep their values (mapped to 0..C-1 when they are not,
+    `label_values` set); otherwise the cells are class names, sorted. Returns (given ids,
+    clean ids or None, class names, label_values or None).
+    """
+    from .validation import _is_number
+
+    cells = list(given) + ([] if clean is None else list(clean))
+    empty = [i for i, c in enumerate(given) if c == ""]
+    if empty:
+        raise InputError(f"csv:{path}: data row {empty[0] + 1} has no label")
+    if clean is not None and any(c == "" for c in clean):
+        raise InputError(f"csv:{path}: data row {[c for c in clean].index('') + 1} has no clean label")
+    if all(_is_number(c) for c in cells):
+        arrays = {"given": check_labels(np.asarray(given, dtype=np.float64), f"csv:{path} labels")}
+        if clean is not None:
+            arrays["clean"] = check_labels(np.asarray(clean, dtype=np.float64), f"csv:{path} clean labels")
+        arrays, label_values = encode_label_values(arrays)
+        c = len(label_values) if label_values is not None else int(max(int(a.max()) for a in arrays.values())) + 1
+        names = [str(int(v)) for v in label_values] if label_values is not None else [str(i) for i in range(c)]
+        return arrays["given"], arrays.get("clean"), names, label_values
+    names = sorted(set(cells))
+    ids = {name: i for i, name in enumerate(names)}
+    return (np.array([ids[c] for c in given], dtype=np.int64),
+            None if clean is None else np.array([ids[c] for c in clean], dtype=np.int64), names, None)
+
+
+def _load_csv(spec: str, rest: str, test_fraction: float, seed: int, image_size) -> Dataset:
+    path, chosen = _csv_column_choice(rest)
+    table, roles = _read_image_table(path, chosen)
+    if table.empty:
+        raise InputError(f"csv:{path} has a header but no rows")
+    folder = Path(path).expanduser().parent
+    files = []
+    for i, cell in enumerate(table[roles["image"]]):
+        f = Path(cell).expanduser()
+        f = f if f.is_absolute() else folder / f
+        if not cell or not f.is_file():
+            raise InputError(f"csv:{path}: data row {i + 1}: no such image file '{cell}' (paths are relative to "
+                             f"{folder})")
+        files.append(f)
+    clean_col = None if roles["clean"] is None else list(table[roles["clean"]])
+    y, y_clean, names, label_values = _csv_labels(list(table[roles["label"]]), clean_col, path)
+    is_test = np.zeros(len(files), dtype=bool)
+    if roles["split"] is not None:
+        split = [CSV_SPLITS.get(v.lower()) for v in table[roles["split"]]]
+        if None in split:
+            bad = split.index(None)
+            raise InputError(f"csv:{path}: data row {bad + 1} has split '{table[roles['split']].iloc[bad]}'; "
+                             f"use one of {', '.join(CSV_SPLITS)}")
+        is_test = np.array([s == "test" for s in split])
+        if is_test.all():
+            raise InputError(f"csv:{path}: every row is in the test split; training needs train rows")
+    tr, te = np.flatnonzero(~is_test), np.flatnonzero(is_test)
+    x_train, x_test = _read_images([files[i] for i in tr], [files[i] for i in te], image_size)
+    y_test = None
+    if te.size:
+        y_test = (y_clean if y_clean is not None else y)[te]
+    ds = Dataset(
+        x_train=x_train,
+        y_train=y[tr],
+        y_train_clean=None if y_clean is None else y_clean[tr],
+        x_test=x_test,
+        y_test=y_test,
+        num_classes=len(names),
+        class_names=names,
+        name=spec,
+        label_values=label_values,
     )
     return _with_holdout(ds, test_fraction, seed)

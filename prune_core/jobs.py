@@ -292,6 +292,7 @@ def load_data(store: RunStore, run_id: str):
         y_train_clean=b.array("y_train_clean", mmap=False),
         x_test=b.array("x_test"), y_test=b.array("y_test", mmap=False),
         num_classes=int(info["num_classes"]), class_names=list(info["class_names"]), name=info.get("spec", ""),
+        label_values=None if info.get("label_values") is None else np.asarray(info["label_values"], dtype=np.int64),
     )
     return SimpleNamespace(ds=ds, y_noisy=b.array("y_noisy", mmap=False), y_clean=b.array("y_clean", mmap=False),
                            is_noisy=b.array("is_noisy", mmap=False), transition=b.array("transition", mmap=False),
@@ -387,6 +388,57 @@ def save_data(store: RunStore, run_id: str, ds, noisy, seed: int = 0) -> None:
         store.delete_bundle(run_id, name)
 
 
+MODEL_OUTPUTS = "model outputs"  # the 'warmup' bundle's info["source"] for outputs a user supplied
+
+
+def is_model_outputs(wu) -> bool:
+    """True when a run's warm-up bundle (`load_warmup`) holds model outputs a user supplied."""
+    return wu is not None and (wu.info or {}).get("source") == MODEL_OUTPUTS
+
+
+def save_model_outputs(store: RunStore, run_id: str, outputs, images=None, seed: int = 0) -> None:
+    """Make a run from model outputs: no warm-up, every selection page works on them.
+
+    outputs: an `outputs.ModelOutputs` (probs (N, C), embeddings (N, D), labels (N,),
+    optional labels_clean (N,)). images: optional (N, H, W) or (N, H, W, 3) uint8 images in
+    the same order, shown as thumbnails; without them the examples are the embeddings.
+
+    The examples and labels are written as an npz file under the store's uploads/ (so the
+    run's data SPEC loads like any other, e.g. for the Sweep) and saved as the 'data' bundle
+    with noise "none" (the given labels); probs and embeddings become the 'warmup' bundle
+    with info source "model outputs" and no model; the PCA map follows.
+    """
+    import uuid
+
+    from .data import load_dataset
+    from .noise import apply_noise
+    from .outputs import outputs_dataset
+
+    ds = outputs_dataset(outputs, images)
+    arrays = {"x_train": ds.x_train, "y_train": ds.y_train, "class_names": np.asarray(ds.class_names),
+              # An explicit empty test split: the loader then holds nothing out (rows stay 1:1 with probs).
+              "x_test": ds.x_train[:0], "y_test": ds.y_train[:0]}
+    if ds.y_train_clean is not None:
+        arrays["y_train_clean"] = ds.y_train_clean
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    raw = buf.getvalue()
+    path = store.root / "uploads" / f"outputs-{hashlib.sha256(raw).hexdigest()[:16]}.npz"
+    if not path.exists():
+        from .runstore import atomic_write_bytes
+
+        atomic_write_bytes(path, raw)
+    ds = load_dataset(f"npz:{path}")
+    save_data(store, run_id, ds, apply_noise(ds, "none"), seed)
+    info = {"id": uuid.uuid4().hex[:12], "source": MODEL_OUTPUTS, "model_name": MODEL_OUTPUTS, "device": None,
+            "epochs": 0, "seconds": 0.0, "test_acc": None, "history": [], "kind": ds.kind,
+            "config": {"source": MODEL_OUTPUTS, "files": dict(outputs.sources or {}), "images": images is not None},
+            "requested": {"seed": int(seed)}}
+    store.save_bundle(run_id, "warmup", {"probs": np.asarray(outputs.probs, np.float32),
+                                         "embeddings": outputs.embeddings}, info)
+    task_pca(JobContext(None, store, None, run_id))
+
+
 def task_load(ctx: JobContext, data: str = "digits", noise: str = "sym:0.4", seed: int = 0,
               download: bool = False) -> None:
     """Load a dataset SPEC, apply a NOISE spec, save the 'data' bundle."""
@@ -416,6 +468,8 @@ def task_warmup(ctx: JobContext, epochs: int | None = None, model: str = "auto",
     data = load_data(ctx.store, ctx.run_id)
     if data is None:
         raise InputError("this run has no data yet: load a dataset first")
+    if is_model_outputs(load_warmup(ctx.store, ctx.run_id)):
+        raise InputError("this run holds model outputs, not a model to train: load a dataset for a warm-up")
     ctx.progress(lo, "warm-up starting")
     report = ctx.stage(lo, lo + 0.97 * (hi - lo), "")
 
@@ -567,6 +621,10 @@ def task_select(ctx: JobContext, method: str = "prune4rel", params: dict | None 
     wu = load_warmup(ctx.store, ctx.run_id)
     if data is None or wu is None:
         raise InputError("this run has no warm-up yet: run the warm-up first")
+    if is_model_outputs(wu):
+        from .outputs import check_method_for_outputs
+
+        check_method_for_outputs(method, params)
     n = wu.probs.shape[0]
     plan = plan_selection(method, params, keep_ratio, k, tau, seed, n)
     ctx.progress(lo, "neighbour graph")
@@ -676,6 +734,9 @@ def task_sweep(ctx: JobContext, methods: list, ratios: list, seeds: list, learne
         raise InputError("this run has no data yet: load a dataset first")
     wu = load_warmup(ctx.store, ctx.run_id)
     req = (wu.info.get("requested") if wu is not None else None) or {}
+    if is_model_outputs(wu) and (learner != "none" or [int(x) for x in seeds] != [int(req.get("seed", 0))]):
+        raise InputError(f"this run holds model outputs, not a model to train: its sweep only selects "
+                         f"(learner none, seed {int(req.get('seed', 0))})")
     params = {"methods": list(methods), "ratios": [float(r) for r in ratios], "seeds": [int(x) for x in seeds],
               "learner": learner, "learner_epochs": learner_epochs, "learner_input": learner_input,
               "learner_params": learner_params or {}, "tau": tau}
@@ -696,7 +757,9 @@ def task_sweep(ctx: JobContext, methods: list, ratios: list, seeds: list, learne
                                "started": started, "csv": sweep_module.results_csv(df).decode()})
 
     def on_result(row):
-        rows.append({k: (v.item() if hasattr(v, "item") else v) for k, v in dict(row).items()})
+        # Private keys (the sweep's "_subset" index array of selection-only rows) are not results.
+        rows.append({k: (v.item() if hasattr(v, "item") else v) for k, v in dict(row).items()
+                     if not k.startswith("_")})
         ctx.record(rows[-1])
         save("running")
 
@@ -758,15 +821,18 @@ def list_sweeps(store: RunStore, run_id: str) -> list[dict]:
 # --------------------------------------------------------------------------- exports
 
 
-def selection_csv(sel, y_noisy, y_clean, conf) -> bytes:
+def selection_csv(sel, y_noisy, y_clean, conf, label_values=None) -> bytes:
     """The CLI's selection.csv for a Selection: one row per training example (N rows).
 
     Columns: index, rank (pick position, -1 when dropped), selected (1/0), given_label,
-    clean_label (empty without ground truth), confidence.
+    clean_label (empty without ground truth), confidence. label_values: the dataset's original
+    label values ((C,), `Dataset.label_values`) when its labels were mapped to ids 0..C-1;
+    the label columns are then written in those values.
     """
     from .pipeline import selection_csv as pipeline_csv
 
-    result = SimpleNamespace(selection=sel, noisy=SimpleNamespace(y_noisy=y_noisy, y_clean=y_clean), confidence=conf)
+    result = SimpleNamespace(selection=sel, noisy=SimpleNamespace(y_noisy=y_noisy, y_clean=y_clean), confidence=conf,
+                             dataset=SimpleNamespace(label_values=label_values))
     return pipeline_csv(result)
 
 

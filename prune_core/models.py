@@ -13,6 +13,15 @@ Input kinds (as `Dataset.kind`):
 
 Images are scaled to [0, 1] and normalised per channel; features are standardised per
 dimension. Mean/std always come from the training split (`compute_normalization`).
+
+Pretrained backbones: ``torchvision:ARCH[:WEIGHTS]`` (ARCH any torchvision classification
+model, e.g. resnet18, resnet50, convnext_tiny) is that network with its final linear layer
+replaced by a new head; the backbone is frozen (eval mode, no gradients), so a warm-up trains
+the head only and the embeddings are the backbone's pooled features. WEIGHTS: ``DEFAULT``
+(torchvision's recommended pretrained weights, fetched into torch's hub cache when not there
+yet), a weights name of ARCH (``IMAGENET1K_V1``), ``none`` (random initialisation), or the path
+of a local state_dict file (``torch.save(model.state_dict(), PATH)`` of the same ARCH).
+Grey images are repeated to 3 channels and images under 32 px are upsampled to 32.
 """
 
 from __future__ import annotations
@@ -27,6 +36,7 @@ from torch import nn
 from prune_core.errors import InputError
 
 MODEL_NAMES = ("mlp", "small_cnn", "resnet20", "resnet18", "preact_resnet18")
+TORCHVISION_PREFIX = "torchvision:"
 INPUT_KINDS = ("grey", "rgb", "features")
 
 # Below this many training examples an RGB set gets the small CNN on a CPU even at 32x32.
@@ -248,6 +258,138 @@ class ResNet20(nn.Module):
         return self.fc(self.embed(x))
 
 
+def parse_torchvision_model(name: str) -> tuple[str, str]:
+    """(ARCH, WEIGHTS) of ``torchvision:ARCH[:WEIGHTS]`` (WEIGHTS default "DEFAULT"; a path may hold ':').
+
+    Raises InputError for an ARCH that is not a torchvision classification model.
+    """
+    import torchvision.models as tvm
+
+    arch, _, weights = name[len(TORCHVISION_PREFIX):].partition(":")
+    arch = arch.strip().lower()
+    known = tvm.list_models(module=tvm)
+    if arch not in known:
+        raise InputError(f"unknown torchvision model {arch!r} in {name!r}; use torchvision:ARCH[:WEIGHTS] with ARCH "
+                         f"a classification model such as resnet18, resnet50, convnext_tiny, efficientnet_b0")
+    return arch, weights.strip() or "DEFAULT"
+
+
+def _is_weights_file(weights: str) -> bool:
+    return "/" in weights or "\\" in weights or weights.lower().endswith((".pth", ".pt", ".bin"))
+
+
+def torchvision_state_dict(arch: str, weights: str) -> dict | None:
+    """The state_dict for ``torchvision:ARCH:WEIGHTS`` (None for "none"), on the CPU.
+
+    A local file is read with torch.load(weights_only=True) (a {"state_dict": ...} wrapper is
+    unwrapped). Named weights come from torchvision's URL through torch's hub cache. Raises
+    InputError in one line: no such file, not a state_dict, unknown weights name, or weights
+    that cannot be fetched (with the way to use a local file instead).
+    """
+    import torchvision.models as tvm
+
+    from .validation import one_line
+
+    if weights.lower() == "none":
+        return None
+    if _is_weights_file(weights):
+        from pathlib import Path
+
+        path = Path(weights).expanduser()
+        if not path.is_file():
+            raise InputError(f"torchvision:{arch}: no such weights file: {weights}")
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001 - pickle, zip and torch errors of many kinds
+            raise InputError(f"torchvision:{arch}: {path} is not a torch state_dict file "
+                             f"({type(e).__name__}: {one_line(e)[:200]})") from None
+        if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+            state = state["state_dict"]
+        if not isinstance(state, dict):
+            raise InputError(f"torchvision:{arch}: {path} holds a {type(state).__name__}, not a state_dict; "
+                             "save it with torch.save(model.state_dict(), PATH)")
+        return state
+    enum = tvm.get_model_weights(arch)
+    try:
+        chosen = enum.DEFAULT if weights.upper() == "DEFAULT" else enum[weights.upper()]
+    except KeyError:
+        raise InputError(f"torchvision:{arch}: unknown weights {weights!r}; use DEFAULT, none, a local file or one of "
+                         f"{', '.join(w.name for w in enum)}") from None
+    try:
+        return torch.hub.load_state_dict_from_url(chosen.url, map_location="cpu", progress=False, check_hash=True)
+    except Exception as e:  # noqa: BLE001 - URLError, HTTPError, timeouts, a bad hash
+        file_name = chosen.url.rsplit("/", 1)[-1]
+        raise InputError(f"torchvision:{arch}: cannot fetch the pretrained weights {chosen} "
+                         f"({type(e).__name__}: {one_line(e)[:160]}); without network, download {chosen.url} "
+                         f"elsewhere and use torchvision:{arch}:/path/to/{file_name}") from None
+
+
+def _replace_final_linear(net: nn.Module, arch: str) -> int:
+    """Replace the classifier's last nn.Linear with nn.Identity; returns its in_features."""
+    for attr in ("fc", "classifier", "head", "heads"):
+        layer = getattr(net, attr, None)
+        if isinstance(layer, nn.Linear):
+            setattr(net, attr, nn.Identity())
+            return layer.in_features
+        if isinstance(layer, nn.Sequential) and len(layer) and isinstance(layer[-1], nn.Linear):
+            in_features = layer[-1].in_features
+            layer[-1] = nn.Identity()
+            return in_features
+    raise InputError(f"torchvision:{arch}: no final linear layer found to put a new head on; choose another model")
+
+
+class TorchvisionBackbone(nn.Module):
+    """A torchvision classification network, frozen, with a new linear head of C outputs.
+
+    The backbone stays in eval mode and gets no gradients (training the module trains the
+    head only); embedding: the input of its final linear layer (e.g. 512-d for resnet18,
+    2048-d for resnet50). Input (B, 1 or 3, H, W): grey is repeated to 3 channels, images
+    under 32 px are upsampled (bilinear) to 32.
+    """
+
+    def __init__(self, name: str, num_classes: int):
+        super().__init__()
+        import torchvision.models as tvm
+
+        arch, weights = parse_torchvision_model(name)
+        state = torchvision_state_dict(arch, weights)
+        net = tvm.get_model(arch, weights=None)
+        if state is not None:
+            try:
+                net.load_state_dict(state)
+            except Exception as e:  # noqa: BLE001 - missing / unexpected keys, shape mismatches
+                from .validation import one_line
+
+                raise InputError(f"torchvision:{arch}: the weights do not fit this architecture "
+                                 f"({one_line(e)[:200]})") from None
+        self.embedding_dim = _replace_final_linear(net, arch)
+        net.requires_grad_(False)
+        self.backbone = net.eval()
+        self.fc = nn.Linear(self.embedding_dim, num_classes)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.backbone.eval()  # frozen batch-norm statistics and no dropout, always
+        return self
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 1 or 3, H, W) -> (B, embedding_dim), without gradients."""
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
+        if min(x.shape[-2:]) < 32:
+            x = F.interpolate(x, size=(max(32, x.shape[-2]), max(32, x.shape[-1])), mode="bilinear",
+                              align_corners=False)
+        with torch.no_grad():
+            return torch.flatten(self.backbone(x), 1)
+
+    def forward_with_embedding(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        emb = self.embed(x)
+        return self.fc(emb), emb
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.embed(x))
+
+
 # --------------------------------------------------------------------------- factory
 
 
@@ -298,8 +440,14 @@ def resolve_model_name(name: str, kind: str, input_shape: tuple[int, ...], num_e
         if min(h, w) < 32 or (num_examples is not None and num_examples < FEW_EXAMPLES):
             return "small_cnn"
         return "resnet20"
+    if isinstance(name, str) and name.startswith(TORCHVISION_PREFIX):
+        if kind == "features":
+            raise InputError(f"model {name!r} takes images, not feature vectors; use 'auto' or 'mlp'")
+        parse_torchvision_model(name)
+        return name
     if name not in MODEL_NAMES:
-        raise InputError(f"unknown model {name!r}; expected auto or one of {', '.join(MODEL_NAMES)}")
+        raise InputError(f"unknown model {name!r}; expected auto, one of {', '.join(MODEL_NAMES)} or "
+                         "torchvision:ARCH[:WEIGHTS]")
     if (kind == "features") != (name == "mlp"):
         what = "feature vectors" if kind == "features" else f"{kind} images"
         raise InputError(f"model {name!r} does not fit {what}; use 'auto'")
@@ -310,7 +458,8 @@ def build_model(name: str, input_kind: str, input_shape: tuple[int, ...], num_cl
                 num_examples: int | None = None, device_type: str = "cpu") -> nn.Module:
     """Build a freshly initialised network.
 
-    name: one of MODEL_NAMES or "auto" (see `resolve_model_name`).
+    name: one of MODEL_NAMES, "auto" (see `resolve_model_name`) or "torchvision:ARCH[:WEIGHTS]"
+        (pretrained, frozen backbone with a new head; see the module docstring).
     input_kind: "grey" | "rgb" | "features".
     input_shape: one example's shape: (D,) features, (H, W) grey, (H, W, 3) rgb.
     num_classes: C, the width of the logits.
@@ -319,6 +468,8 @@ def build_model(name: str, input_kind: str, input_shape: tuple[int, ...], num_cl
     name = resolve_model_name(name, input_kind, tuple(input_shape), num_examples, device_type)
     if num_classes < 2:
         raise InputError(f"num_classes must be at least 2, got {num_classes}")
+    if name.startswith(TORCHVISION_PREFIX):
+        return TorchvisionBackbone(name, num_classes)
     if name == "mlp":
         return MLP(int(input_shape[0]), num_classes)
     in_channels = 1 if input_kind == "grey" else 3

@@ -11,6 +11,7 @@ import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -82,6 +83,7 @@ class RunResult:
     selection: object
     metrics: dict
     timings: dict = field(default_factory=dict)
+    inputs: dict | None = None  # select_pipeline: the model-output files used instead of a warm-up
 
 
 def _hash_array(a: np.ndarray) -> str:
@@ -119,6 +121,46 @@ def run_pipeline(config: RunConfig, progress=None, cancel=None) -> RunResult:
                 progress=report("warmup"), cancel=cancel, embed_pass=config.embed_pass)
     timings["warmup"] = time.perf_counter() - t
 
+    return _graph_select_metrics(config, ds, noisy, wu, timings, report, cancel)
+
+
+def select_pipeline(config: RunConfig, outputs, progress=None, cancel=None) -> RunResult:
+    """Graph, selection and metrics from model outputs you already have, without training.
+
+    config: the selection options (method, keep_ratio, seed, k, tau, search, pca_dim, mode,
+    eta, balance, confidence); its data, noise and warm-up fields are not used.
+    outputs: an `outputs.ModelOutputs` (probs (N, C), embeddings (N, D), labels (N,),
+    optional labels_clean (N,)). With the probs, embeddings and noisy labels of a warm-up
+    and the same options and seed, the selection equals `run_pipeline`'s.
+    Raises InputError for bad options and for methods that need a warm-up (forgetting).
+    """
+    from .noise import apply_noise
+    from .outputs import check_method_for_outputs, outputs_dataset
+
+    def report(stage):
+        def inner(fraction, message="", metrics=None):
+            if progress:
+                progress(stage, fraction, message, metrics or {})
+        return inner
+
+    check_run_options(config)
+    check_method_for_outputs(config.method)
+    check_k(config.k, outputs.n)
+    t = time.perf_counter()
+    ds = outputs_dataset(outputs)
+    noisy = apply_noise(ds, "none")  # the given labels, with the ground truth when known
+    wu = SimpleNamespace(probs=outputs.probs, embeddings=outputs.embeddings, losses=None, forgetting=None,
+                         test_acc=None, device=None, model_name="model outputs", epochs=0,
+                         config={"source": "model outputs", **(outputs.sources or {})})
+    timings = {"load": time.perf_counter() - t}
+    result = _graph_select_metrics(config, ds, noisy, wu, timings, report, cancel)
+    result.inputs = {k: v for k, v in (outputs.sources or {}).items() if v is not None}
+    return result
+
+
+def _graph_select_metrics(config: RunConfig, ds, noisy, wu, timings: dict, report, cancel=None) -> RunResult:
+    """The stages after the warm-up (graph, select, metrics), shared by `run_pipeline` and
+    `select_pipeline`: the same outputs, options and seed give the same selection."""
     t = time.perf_counter()
     report("graph")(0.0, "building the neighbour graph")
     graph, ginfo = build_graph(wu.embeddings, k=config.k or min(50, ds.n_train - 1), tau=config.tau,
@@ -221,6 +263,7 @@ def manifest(result: RunResult) -> dict:
         "selection_params": result.selection.params,
         "timings_seconds": {k: round(v, 4) for k, v in result.timings.items()},
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        **({"inputs": result.inputs} if result.inputs is not None else {}),
     }
 
 

@@ -7,6 +7,7 @@ baselines, `find_label_issues`, the data loaders and the noise readers all call 
 functions, so every entry point accepts and refuses the same inputs.
 
 - `check_probs`: softmax probabilities (N, C).
+- `check_embeddings`: feature vectors (N, D) from a model (penultimate layer).
 - `check_labels`, `encode_label_values`, `map_to_label_ids`: integer class labels, and labels
   whose values are not 0..C-1 (mapped to contiguous ids, the original values kept).
 - `read_label_csv`: label CSV files (UTF-8 with or without a byte-order mark, UTF-16 with one;
@@ -46,6 +47,19 @@ def one_line(text: str) -> str:
 # --------------------------------------------------------------------------- probabilities
 
 
+def _numeric_matrix(a, n: int | None, name: str, columns: str, min_columns: int) -> np.ndarray:
+    """`a` as a real numeric 2-D array with N >= 1 rows (n when given) and >= min_columns columns."""
+    a = np.asarray(a)
+    if a.dtype == object or not (np.issubdtype(a.dtype, np.number) or a.dtype == bool) or np.iscomplexobj(a):
+        raise InputError(f"{name} must be a numeric (N, {columns}) array; got dtype {a.dtype}")
+    if a.ndim != 2 or a.shape[1] < min_columns or a.shape[0] < 1:
+        raise InputError(f"{name} must be a 2-D array (N, {columns}) with N >= 1 and {columns} >= {min_columns}; "
+                         f"got shape {a.shape}")
+    if n is not None and a.shape[0] != n:
+        raise InputError(f"{name} have {a.shape[0]} rows but there are {n} examples")
+    return a
+
+
 def check_probs(probs, n: int | None = None, num_classes: int | None = None, name: str = "probs") -> np.ndarray:
     """Check softmax probabilities and return them as a float64 (N, C) array (values unchanged).
 
@@ -55,13 +69,7 @@ def check_probs(probs, n: int | None = None, num_classes: int | None = None, nam
     Raises InputError for a wrong shape or dtype, and for rows that are not probability
     distributions: the message says how many rows fail and describes the first one.
     """
-    p = np.asarray(probs)
-    if p.dtype == object or not (np.issubdtype(p.dtype, np.number) or p.dtype == bool) or np.iscomplexobj(p):
-        raise InputError(f"{name} must be a numeric (N, C) array; got dtype {p.dtype}")
-    if p.ndim != 2 or p.shape[1] < 2 or p.shape[0] < 1:
-        raise InputError(f"{name} must be a 2-D array (N, C) with N >= 1 and C >= 2; got shape {p.shape}")
-    if n is not None and p.shape[0] != n:
-        raise InputError(f"{name} have {p.shape[0]} rows but there are {n} examples")
+    p = _numeric_matrix(probs, n, name, "C", 2)
     if num_classes is not None and p.shape[1] != num_classes:
         raise InputError(f"{name} have {p.shape[1]} columns but there are {num_classes} classes")
     p = p.astype(np.float64)
@@ -85,6 +93,21 @@ def check_probs(probs, n: int | None = None, num_classes: int | None = None, nam
             f"in [0, 1] summing to 1 within {ROW_SUM_TOLERANCE:g}); first is row {first}, which {why}"
         )
     return p
+
+
+def check_embeddings(embeddings, n: int | None = None, name: str = "embeddings") -> np.ndarray:
+    """Check per-example feature vectors and return them as a float32 (N, D) array.
+
+    embeddings: (N, D) numeric array, D >= 1, every value finite. n: the expected N.
+    Raises InputError for a wrong dtype or shape, a row count other than n, and rows with
+    NaN or infinite values (how many, and the first).
+    """
+    e = _numeric_matrix(embeddings, n, name, "D", 1).astype(np.float32)
+    bad = ~np.isfinite(e).all(axis=1)
+    if bad.any():
+        raise InputError(f"{name}: {int(bad.sum())} of {len(e)} rows have NaN or infinite values "
+                         f"(or values too large for float32); first is row {int(np.flatnonzero(bad)[0])}")
+    return e
 
 
 # --------------------------------------------------------------------------- labels

@@ -57,14 +57,20 @@ DEFAULTS: dict[str, tuple[int, float, int]] = {
 # against the truth 0.515 at 15 epochs to 0.524 / 0.473 / 0.578 at 30 (bench/training.py);
 # on digits 15 stays the choice (above).
 RGB_DEFAULTS: dict[str, tuple[int, float, int]] = {"small_cnn": (30, 0.05, 128)}
+# torchvision:ARCH backbones train a linear head on frozen features: a higher learning rate
+# suits a lone linear layer, and nothing in it can memorise much in 10 epochs.
+TORCHVISION_DEFAULTS: tuple[int, float, int] = (10, 0.05, 128)
 INFERENCE_BATCH = 512
 
 
 def default_hyperparameters(model_name: str, kind: str) -> tuple[int, float, int]:
-    """(epochs, lr, batch size) of the warm-up for a resolved model name and input kind."""
+    """(epochs, lr, batch size) of the warm-up for a resolved model name and input kind
+    (torchvision:ARCH backbones: TORCHVISION_DEFAULTS)."""
     if kind == "rgb" and model_name in RGB_DEFAULTS:
         return RGB_DEFAULTS[model_name]
-    return DEFAULTS[model_name]
+    return DEFAULTS.get(model_name, TORCHVISION_DEFAULTS)
+
+
 # Keep the whole uint8 training array on an accelerator when it is at most this large:
 # saves one host-to-device copy per batch.
 _DEVICE_CACHE_BYTES = 2 << 30
@@ -360,7 +366,9 @@ def warmup(ds, y_noisy, epochs: int | None = None, model: str = "auto", lr: floa
         num_classes, optional kind, x_test, y_test.
     y_noisy: (N,) int labels in 0..C-1, the (possibly noisy) labels to train on.
     epochs, lr, batch_size: None -> per-model defaults (`default_hyperparameters`).
-    model: "auto" or one of models.MODEL_NAMES (see models.resolve_model_name).
+    model: "auto", one of models.MODEL_NAMES (see models.resolve_model_name), or
+        "torchvision:ARCH[:WEIGHTS]": a pretrained torchvision backbone, frozen, with a new
+        linear head that the warm-up trains (TORCHVISION_DEFAULTS); see models' docstring.
     weight_decay: SGD weight decay (the paper's 5e-4).
     device: "auto" (cuda, then mps, then cpu), "cpu", "cuda[:i]" or "mps".
     seed: seeds weight init, shuffling and augmentation (the caller's global torch RNG is left

@@ -331,3 +331,71 @@ def test_imagefolder_errors(tmp_path):
     _write_png(tmp_path / "a" / "1.png", np.zeros((4, 4), dtype=np.uint8))
     with pytest.raises(InputError, match="only one class"):
         load_dataset(f"imagefolder:{tmp_path}", test_fraction=0)
+
+
+# --------------------------------------------------------------------------- csv: source
+
+
+def _image_table(tmp_path, header="file,class,split,true_label", sep=","):
+    """A tiny image folder and a CSV listing it: 12 grey 6x6 PNGs in imgs/, two classes named
+    by words, the last 4 rows in the test split, row 0's given label wrong (dog, clean cat)."""
+    from PIL import Image
+
+    (tmp_path / "imgs").mkdir()
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, size=(12, 6, 6), dtype=np.uint8)
+    classes = ["cat", "dog"] * 6
+    lines = [header]
+    for i in range(12):
+        Image.fromarray(pixels[i]).save(tmp_path / "imgs" / f"{i}.png")
+        given = "dog" if i == 0 else classes[i]
+        split = "test" if i >= 8 else "train"
+        lines.append(sep.join([f"imgs/{i}.png", given, split, classes[i]]))
+    (tmp_path / "list.csv").write_text("\n".join(lines) + "\n")
+    return pixels, classes
+
+
+def test_csv_source_round_trip(tmp_path):
+    pixels, classes = _image_table(tmp_path)
+    ds = load_dataset(f"csv:{tmp_path / 'list.csv'}#image=file,label=class,clean=true_label")
+    assert ds.class_names == ["cat", "dog"] and ds.kind == "grey"
+    np.testing.assert_array_equal(ds.x_train, pixels[:8])  # rows in order, split column honoured
+    np.testing.assert_array_equal(ds.x_test, pixels[8:])
+    ids = np.array([c == "dog" for c in classes], dtype=np.int64)
+    np.testing.assert_array_equal(ds.y_train_clean, ids[:8])
+    assert ds.y_train[0] == 1 and ds.y_train_clean[0] == 0 and (ds.y_train[1:] == ids[1:8]).all()
+    np.testing.assert_array_equal(ds.y_test, ids[8:])
+
+
+def test_csv_source_default_columns_semicolons_and_holdout(tmp_path):
+    pixels, _ = _image_table(tmp_path, header="path;label;other;y_clean", sep=";")
+    ds = load_dataset(f"csv:{tmp_path / 'list.csv'}", test_fraction=0.25)
+    assert ds.n_train + ds.n_test == 12 and ds.n_test == 3  # no split column: a stratified hold-out
+    assert ds.y_train_clean is not None
+
+
+@pytest.mark.parametrize("suffix, message", [
+    ("#image=nope", "has no column 'nope' (image)"),
+    ("#colour=file", "is not ROLE=COLUMN"),
+    ("#image=file,label=split", "data row 1 has split"),
+])
+def test_csv_source_bad_columns(tmp_path, suffix, message):
+    _image_table(tmp_path)
+    spec = f"csv:{tmp_path / 'list.csv'}{suffix}"
+    if "data row" in message:
+        spec = f"csv:{tmp_path / 'list.csv'}#image=file,label=class,split=true_label"
+        message = "data row 1 has split 'cat'"
+    with pytest.raises(InputError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        load_dataset(spec)
+
+
+def test_csv_source_missing_image_and_integer_labels(tmp_path):
+    from PIL import Image
+
+    Image.fromarray(np.zeros((4, 4), np.uint8)).save(tmp_path / "a.png")
+    (tmp_path / "t.csv").write_text("image,label\na.png,10\na.png,30\nb.png,10\n")
+    with pytest.raises(InputError, match="data row 3: no such image file 'b.png'"):
+        load_dataset(f"csv:{tmp_path / 't.csv'}")
+    (tmp_path / "t.csv").write_text("image,label\na.png,10\na.png,30\na.png,10\n")
+    ds = load_dataset(f"csv:{tmp_path / 't.csv'}", test_fraction=0)
+    assert list(ds.label_values) == [10, 30] and list(ds.y_train) == [0, 1, 0]
