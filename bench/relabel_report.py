@@ -262,14 +262,28 @@ def done_keys(df) -> set:
     return {unit_key(r.setting, r.method, r.keep_ratio, r.seed, r.learner) for r in df.itertuples()}
 
 
+UNIT_COLUMNS_EXTRA = ["predicted_relabel"]  # measured for the report, not shown to users
+
+
 def append_row(path: Path, row: dict) -> None:
-    """Append one finished unit (header on the first); columns are fixed by the first row."""
+    """Append one finished unit. The file's header fixes the column order; a row with a column
+    the file lacks rewrites the file with the union of columns (atomically)."""
     import pandas as pd
 
+    from prune_core.pipeline import atomic_write_bytes
     from prune_core.sweep import RESULT_COLUMNS
 
-    cols = ["setting", *RESULT_COLUMNS]
-    new = not path.exists() or path.stat().st_size == 0
+    cols = ["setting", *RESULT_COLUMNS, *UNIT_COLUMNS_EXTRA]
+    if path.exists() and path.stat().st_size > 0:
+        header = pd.read_csv(path, nrows=0).columns.tolist()
+        if set(cols) - set(header):
+            old = pd.read_csv(path)
+            both = pd.concat([old, pd.DataFrame([{c: row.get(c) for c in cols}])], ignore_index=True)
+            atomic_write_bytes(path, both.to_csv(index=False, na_rep="", float_format="%.6g").encode())
+            return
+        cols, new = header, False
+    else:
+        new = True
     line = pd.DataFrame([{c: row.get(c) for c in cols}], columns=cols)
     with open(path, "a", encoding="utf-8") as f:
         f.write(line.to_csv(index=False, header=new, na_rep="", float_format="%.6g"))
@@ -405,17 +419,42 @@ def paired_table(df, metric, methods, ratios, against="uniform") -> str:
     return "\n".join(lines)
 
 
-def predictor_rows(df) -> list[dict]:
-    """Spearman correlation across methods of predicted_relabel with relabel_acc_all, at each
-    (setting, learner, keep ratio, seed) with at least 4 methods."""
+def helped_sentence(part, caches: dict, setting: dict) -> str:
+    """Per keep ratio: did re-labeling improve the labels (mean gain over seeds per method),
+    with the label-error inspector's figures for the same data and noise beside it."""
+    mean_gain = part.groupby(["keep_ratio", "method"]).relabel_gain_all.mean()
+    better, worse = [], []
+    for r in sorted(part.keep_ratio.unique()):
+        g = mean_gain.xs(r)
+        if g.max() > 0:
+            better.append(f"keep {r:.0%} ({int((g > 0).sum())} of {len(g)} methods, best {g.idxmax()} {g.max():+.3f})")
+        if g.min() < 0:
+            worse.append(f"keep {r:.0%} ({int((g < 0).sum())} of {len(g)} methods, down to {g.min():+.3f})")
+    text = ("**Did re-labeling help?** Improved the labels at " + ("; ".join(better) if better else "no keep ratio")
+            + ". Made them worse at " + ("; ".join(worse) if worse else "no keep ratio") + ".")
+    inspector = [c["diagnostics"] for c in caches.values() if c["prep"]["data"] == setting["data"]
+                 and c["prep"]["noise"] == setting["noise"] and c["diagnostics"].get("inspector_precision") is not None]
+    if inspector:
+        d = inspector[0]
+        text += (f" For comparison, the label-error inspector on the warm-up (no re-training): precision "
+                 f"{d['inspector_precision']:.3f}, recall {d['inspector_recall']:.3f}, labels after accepting its "
+                 f"suggestions {d['inspector_corrected_acc']:.3f} right (given: {d['given_acc']:.3f}).")
+    return text
+
+
+def predictor_rows(df, column: str = "predicted_relabel") -> list[dict]:
+    """Spearman correlation across methods of a training-free `column` with relabel_acc_all,
+    at each (setting, learner, keep ratio, seed) with at least 4 methods."""
     from scipy.stats import spearmanr
 
     out = []
+    if column not in df.columns:
+        return out
     for (st, lr, r, s), grp in df.groupby(["setting", "learner", "keep_ratio", "seed"]):
-        grp = grp.dropna(subset=["predicted_relabel", "relabel_acc_all"])
-        if len(grp) >= 4 and grp.predicted_relabel.nunique() > 1 and grp.relabel_acc_all.nunique() > 1:
+        grp = grp.dropna(subset=[column, "relabel_acc_all"])
+        if len(grp) >= 4 and grp[column].nunique() > 1 and grp.relabel_acc_all.nunique() > 1:
             out.append({"setting": st, "learner": lr, "keep_ratio": r, "seed": s,
-                        "rho": float(spearmanr(grp.predicted_relabel, grp.relabel_acc_all)[0]), "n": len(grp)})
+                        "rho": float(spearmanr(grp[column], grp.relabel_acc_all)[0]), "n": len(grp)})
     return out
 
 
@@ -471,9 +510,7 @@ def render(df, args, caches: dict, invocations: list[dict]) -> str:
                     "Paired difference to uniform, re-labeling accuracy (all):", "",
                     paired_table(p, "relabel_acc_all", methods, ratios), "",
                     "Test accuracy (last epoch):", "", metric_table(p, "test_acc", methods, ratios), ""]
-            gains = p.groupby(["keep_ratio"]).relabel_gain_all.agg(["min", "max"])
-            helped = [f"keep {r:.0%}: gain {g['min']:+.3f} to {g['max']:+.3f} over methods" for r, g in gains.iterrows()]
-            out += ["Did re-labeling help? " + "; ".join(helped) + ".", ""]
+            out += [helped_sentence(p, caches, st), ""]
     # Diagnostics per cache
     if caches:
         out += ["## Warm-up, graph and label-error inspector per (data, noise, seed)", "",
@@ -498,14 +535,24 @@ def render(df, args, caches: dict, invocations: list[dict]) -> str:
                        f"{f('inspector_flagged', '{}')} | {f('inspector_precision')} | {f('inspector_recall')} | "
                        f"{f('inspector_corrected_acc')} |")
         out.append("")
-    rows = predictor_rows(df) if not df.empty else []
-    if rows:
-        rho = np.array([r["rho"] for r in rows])
-        out += ["## Training-free predictor", "",
-                "`predicted_relabel` = mean over all training examples of min(1, C(x;S)) on the warm-up graph. "
+    candidates = {"predicted_relabel": "mean over all examples of min(1, C(x;S)) (the former Sweep-page predictor)",
+                  "mean_neighbourhood_confidence": "mean over all examples of C(x;S), unsaturated",
+                  "objective_F": "Prune4ReL's objective F(S) on the sweep's graph (eta 1)"}
+    lines = []
+    for col, what in candidates.items():
+        rows = predictor_rows(df, col) if not df.empty else []
+        if rows:
+            rho = np.array([r["rho"] for r in rows])
+            lines.append(f"| `{col}` | {what} | {rho.mean():.2f} | {rho.min():.2f} to {rho.max():.2f} | "
+                         f"{int((rho >= 0.5).sum())} of {len(rows)} |")
+    if lines:
+        out += ["## Training-free predictors of re-labeling", "",
                 "Spearman correlation with the measured re-labeling accuracy ACROSS METHODS at a fixed (setting, "
-                f"ratio, seed): mean ρ = {rho.mean():.2f} over {len(rows)} groups (min {rho.min():.2f}, max "
-                f"{rho.max():.2f}); the bar for showing it to users is ρ ≥ 0.5.", ""]
+                "learner, ratio, seed) group. The bar for showing a predictor to users is ρ ≥ 0.5. None is shown: "
+                "`predicted_relabel` was taken out of the Sweep page and results.csv because it did not reach it; "
+                "the other rows are candidates measured here, not chosen (picking one after seeing these groups "
+                "would be fitting the test): a candidate must hold on groups measured after it was named.", "",
+                "| quantity | definition | mean ρ | range | groups with ρ ≥ 0.5 |", "|---|---|---|---|---|", *lines, ""]
     out += [END, ""]
     return "\n".join(out)
 

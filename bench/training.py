@@ -177,7 +177,7 @@ def main(argv=None) -> int:
     p.add_argument("--models", default=None, help="comma-separated models to measure (default: all in CONFIGS)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--steps", type=int, default=12, help="timed training steps per loop (resnet18: a third)")
-    p.add_argument("--redo", action="store_true", help="measure again what is in --results")
+    p.add_argument("--redo", action="store_true", help="measure the chosen parts again even if --results has them")
     p.add_argument("--results", default=str(ROOT / "docs" / "training_bench.json"))
     args = p.parse_args(argv)
     os.chdir(ROOT)
@@ -189,7 +189,7 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(args.threads)
     results_path = Path(args.results)
-    results = json.loads(results_path.read_text()) if results_path.exists() and not args.redo else {}
+    results = json.loads(results_path.read_text()) if results_path.exists() else {}
     models = set(args.models.split(",")) if args.models else None
     parts = [args.only] if args.only else ["throughput", "warmup", "learner"]
     cache = {}

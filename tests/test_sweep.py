@@ -34,7 +34,8 @@ ROOT = Path(__file__).resolve().parents[1]
 # The module, not the function `prune_core.warmup` that the package re-exports.
 warmup_module = importlib.import_module("prune_core.warmup")
 REQUIRED = ["method", "keep_ratio", "seed", "learner", "test_acc", "relabel_acc_subset", "relabel_acc_all",
-            "noise_in_subset", "select_seconds", "predicted_relabel", "budget", "objective_F", "learner_seconds"]
+            "noise_in_subset", "select_seconds", "budget", "objective_F", "learner_seconds", "given_acc_all",
+            "relabel_gain_all"]
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -71,7 +72,7 @@ def test_sweep_cli_on_digits_writes_results_and_curves(tmp_path):
         (m, r_, 0) for m in methods for r_ in (0.3, 0.6)}
     for row in rows:
         assert row["learner"] == "ce"
-        for col in ("test_acc", "relabel_acc_subset", "relabel_acc_all", "noise_in_subset", "predicted_relabel"):
+        for col in ("test_acc", "relabel_acc_subset", "relabel_acc_all", "noise_in_subset", "given_acc_all"):
             assert 0.0 <= float(row[col]) <= 1.0, (col, row[col])
         assert int(row["budget"]) == round(float(row["keep_ratio"]) * 1437)
         assert float(row["select_seconds"]) >= 0 and float(row["learner_seconds"]) > 0
@@ -209,7 +210,8 @@ def test_run_sweep_shares_warmup_and_nested_rankings(features_npz, counting_meth
     sweep_fracs = [f for s, f in progress if s == "sweep"]
     assert sweep_fracs == sorted(sweep_fracs) and sweep_fracs[-1] == pytest.approx(1.0)
     figs = sweep_figures(df)
-    assert {"relabel_acc_all", "test_acc", "predicted_relabel"} <= set(figs)
+    assert set(figs) == {"relabel_acc_all", "test_acc"}  # no predictor curve (it did not predict)
+    assert "predicted_relabel" not in df.columns
     assert len(figs["test_acc"].data) == 3  # one line per method
 
 
