@@ -232,7 +232,25 @@ def test_demo_flow_in_a_real_browser(app_server, browser_page, screenshot_on_fai
         assert set(shown) <= {int(i) for i in selected}
     shot(page, "explore")
 
-    for path, name in (("sweep", "sweep"), ("label-errors", "label_errors")):
+    # A small from-scratch sweep in the real server: its fits run in spawned worker processes
+    # (which must not re-run the page script); the curves draw the given labels' reference line.
+    page.goto(f"{url}/sweep")
+    page.locator("h1").first.wait_for()
+    wait_for_app_idle(page)
+    for label, value in (("Keep ratios", "0.3, 0.6"), ("Learner epochs (0 = default)", "3")):
+        box = page.get_by_label(label, exact=True).and_(page.locator("input"))
+        box.fill(value)
+        box.press("Enter")
+        wait_for_app_idle(page)
+    page.get_by_role("button", name="Start sweep").click()
+    page.wait_for_function(
+        """() => [...document.querySelectorAll('.js-plotly-plot')].some(gd => (gd.data || []).some(
+                 t => t.name === 'given labels (no re-labeling)'))""", timeout=300_000)
+    page.get_by_text("Download sweep CSV").first.wait_for(timeout=300_000)
+    wait_for_app_idle(page)
+    shot(page, "sweep")
+
+    for path, name in (("label-errors", "label_errors"),):
         page.goto(f"{url}/{path}")
         page.locator("h1").first.wait_for()
         wait_for_app_idle(page)
