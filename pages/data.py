@@ -10,6 +10,7 @@ import streamlit as st
 from pages import _ui as ui
 from prune_core import jobs as J
 from prune_core.errors import InputError
+from prune_core.noise import NoisyLabels, describe_noise
 
 ui.ensure_app_frame(__file__)
 
@@ -236,8 +237,14 @@ rate = info.get("noise_rate")
 cols[4].metric("Labels wrong", "unknown" if rate is None else f"{100 * rate:.1f}%",
                help=None if rate is None else f"{info.get('n_noisy'):,} of {n:,} given labels differ from the clean ones")
 source = UPLOAD_NAMES.get(str(info.get("spec", "")).removeprefix("npz:"), info.get("spec"))
+try:  # the share of ALL labels that are wrong, and for asym noise the rate within its source classes
+    noise_text = describe_noise(NoisyLabels(d.y_noisy, d.y_clean, d.is_noisy, None, noise_spec, rate), c,
+                                ds.class_names)
+except Exception:  # noqa: BLE001 - a spec this version cannot parse: the plain count below
+    noise_text = None
 st.caption(f"Source `{source}` · {info.get('kind')} {tuple(info.get('example_shape', []))} · noise `{noise_spec}`"
-           + ("" if rate is None else f" · {info.get('n_noisy'):,} wrong labels"))
+           + ("" if rate is None else f" · {info.get('n_noisy'):,} wrong labels")
+           + (f" · {noise_text}" if noise_text and rate is not None else ""))
 
 st.subheader("Examples")
 c1, c2 = st.columns([1, 1])

@@ -15,7 +15,7 @@ Two kinds of input (`input`):
 - ``"from-scratch"`` (the default everywhere; the paper's protocol): `x` is the raw training
   input (images, or feature vectors for feature datasets) and a freshly initialised network
   (`prune_core.models.build_model`: the warm-up's architecture for images, resolved for the
-  device, e.g. resnet20 on a CPU; the MLP for feature vectors) trains on the kept examples
+  device, e.g. small_cnn or resnet20 on a CPU; the MLP for feature vectors) trains on the kept examples
   ONLY; the views are the warm-up's weak / strong augmentations
   (`prune_core.warmup.augment_batch`; feature vectors get the gaussian views below). Nothing
   the learner sees comes from a pruned example, so subsets compare honestly.

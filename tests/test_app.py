@@ -288,6 +288,9 @@ def test_data_page_bad_npz_and_new_run(ws, tmp_path):
     new = store.list_runs()[0]
     assert new["config"]["noise"].startswith("asym:0.4")
     assert metric(at, "Noise").startswith("asym:0.4")  # the new run is the current one
+    # The rate reads as the share of ALL labels, and within the flipped classes of the map.
+    assert any("of all labels wrong (" in c.value and "of classes 2, 3, 5, 6, 7)" in c.value for c in at.caption), \
+        [c.value for c in at.caption]
     assert at.sidebar.selectbox(key="run").value == new["id"]
     store.delete_run(new["id"])
 
