@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures as cf
+import functools
 import hashlib
 import json
 import multiprocessing as mp
@@ -220,13 +221,20 @@ def diagnostics(ctx, ds, find_label_issues) -> dict:
     return out
 
 
+@functools.lru_cache(maxsize=2)
+def _dataset(spec: str):
+    """A worker fits many units of the same data: load it once per process."""
+    from prune_core.data import load_dataset
+
+    return load_dataset(spec)
+
+
 def fit(unit: dict, cache_dir: str, threads: int = 1) -> dict:
     """Train one learner from scratch on one cached subset; returns the full results row."""
     if threads == 1:
         _one_thread()
     import numpy as np
 
-    from prune_core.data import load_dataset
     from prune_core.sweep import fit_unit
 
     meta = json.loads((Path(cache_dir) / f"{unit['cache']}.json").read_text())
@@ -237,7 +245,7 @@ def fit(unit: dict, cache_dir: str, threads: int = 1) -> dict:
         y_noisy, y_clean, is_noisy = z["y_noisy"], z["y_clean"], z["is_noisy"]
     if y_clean.size == 0:  # no ground truth
         y_clean = is_noisy = None
-    ds = load_dataset(meta["prep"]["data"])
+    ds = _dataset(meta["prep"]["data"])
     cols = fit_unit({"learner": unit["learner"], "x_train": ds.x_train, "x_test": ds.x_test, "y_test": ds.y_test,
                      "y_noisy": y_noisy, "y_clean": y_clean, "is_noisy": is_noisy, "subset": subset,
                      "num_classes": ds.num_classes, "input": "from-scratch", "model": meta["model_name"],
