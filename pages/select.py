@@ -11,8 +11,9 @@ from prune_core import jobs as J
 from prune_core.errors import InputError
 from prune_core.metrics import selection_metrics
 from prune_core.prune4rel import MODES
+from prune_core.registry import BALANCE_KINDS
 from prune_core.scores import CONFIDENCE_KINDS
-from prune_core.selection import BALANCE_KINDS, get_method, list_methods
+from prune_core.selection import get_method, list_methods
 
 ui.ensure_app_frame(__file__)
 

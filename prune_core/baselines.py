@@ -38,8 +38,8 @@ import numba
 import numpy as np
 
 from .errors import InputError, check_cancel
+from .registry import MethodOutput, class_target_sequence, rank_by_score, register_method
 from .validation import check_labels, check_probs
-from .selection import MethodOutput, class_target_sequence, rank_by_score, register_method
 
 CCS_SCORES = ("el2n", "forgetting")
 

@@ -205,9 +205,8 @@ def _write_and_summarise(result, out_dir) -> int:
 
 def cmd_select(args) -> int:
     from .outputs import check_method_for_outputs, read_model_outputs
-    from .pipeline import RunConfig, select_pipeline
+    from .pipeline import RunConfig, check_run_options, select_pipeline
     from .selection import budget_for
-    from .validation import check_run_options
 
     config = RunConfig(data="model outputs", noise="none", model="none", device="none", method=args.method,
                        keep_ratio=args.keep_ratio, seed=args.seed, k=args.k, tau=args.tau, search=args.search,
@@ -224,8 +223,8 @@ def cmd_select(args) -> int:
 
 
 def cmd_sweep(args) -> int:
+    from .pipeline import check_run_options
     from .sweep import run_sweep_cli
-    from .validation import check_run_options
 
     check_run_options(_config_from_args(args))  # graph and prune4rel options, before any training
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import math
 import platform
 import time
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ from .metrics import selection_metrics
 from .runstore import atomic_write_bytes, atomic_write_json  # noqa: F401  (re-exported)
 from .scores import confidence as confidence_of
 from .selection import get_method, select
-from .validation import check_k, check_run_options, label_values_of
+from .validation import check_k, label_values_of
 
 STAGES = ("load", "noise", "warmup", "graph", "select", "metrics")
 
@@ -67,6 +68,39 @@ class RunConfig:
             if hasattr(self, name):
                 params[name] = getattr(self, name)
         return params
+
+
+def check_run_options(config, n: int | None = None) -> None:
+    """Check a run's options before any training (names, syntax, ranges; k against N when given).
+
+    config: a RunConfig (or anything with its fields). Checks the method name and
+    its parameters (mode, confidence, balance, eta), the kNN search backend, tau syntax,
+    k and pca_dim. Raises InputError with the first problem.
+    """
+    from .graph import SEARCHES, _parse_tau
+    from .prune4rel import MODES
+    from .registry import check_balance
+    from .scores import CONFIDENCE_KINDS
+
+    info = get_method(config.method)
+    if config.search not in SEARCHES:
+        raise InputError(f"unknown graph search {config.search!r}; choose one of {', '.join(SEARCHES)}")
+    _parse_tau(config.tau)
+    check_balance(config.balance)
+    if "mode" in info.defaults and config.mode not in MODES:
+        raise InputError(f"unknown prune4rel mode {config.mode!r}; choose one of {', '.join(MODES)}")
+    if config.confidence not in CONFIDENCE_KINDS:
+        raise InputError(f"unknown confidence {config.confidence!r}; choose one of {', '.join(CONFIDENCE_KINDS)}")
+    try:
+        eta = float(config.eta)
+    except (TypeError, ValueError):
+        raise InputError(f"eta must be a positive number, got {config.eta!r}") from None
+    if not (eta > 0.0 and math.isfinite(eta)):
+        raise InputError(f"eta must be a positive number, got {config.eta}")
+    if config.pca_dim is not None and (int(config.pca_dim) != config.pca_dim or config.pca_dim < 2):
+        raise InputError(f"pca_dim must be an integer of at least 2, got {config.pca_dim}")
+    if config.k is not None:
+        check_k(config.k, n if n is not None else math.inf)
 
 
 @dataclass

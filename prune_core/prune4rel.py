@@ -25,7 +25,7 @@ import scipy.sparse as sp
 
 from .errors import InputError, check_cancel
 from .scores import confidence as confidence_of
-from .selection import MethodOutput, class_target_sequence, register_method
+from .registry import MethodOutput, class_target_sequence, register_method
 
 MODES = ("exact", "official")
 # Defaults for 10-class data (the paper's CIFAR-10 setting); 0.95 suits 100 classes.

@@ -10,7 +10,7 @@ import time
 
 import numpy as np
 
-from .selection import class_target_sequence
+from .registry import class_target_sequence
 
 
 def _tanh_increase(base, delta):

@@ -126,7 +126,8 @@ def check_sweep_inputs(methods, ratios, seeds, learner, learner_epochs=None, lea
     duplicates in the given order, learner names (["none"] for no training)). Raises InputError.
     """
     from .learners import get_learner, resolve_learner_input
-    from .selection import budget_for, check_balance, get_method
+    from .registry import check_balance
+    from .selection import budget_for, get_method
 
     if isinstance(methods, str):
         methods = [m for m in methods.split(",") if m.strip()]

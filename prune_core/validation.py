@@ -13,7 +13,8 @@ functions, so every entry point accepts and refuses the same inputs.
 - `read_label_csv`: label CSV files (UTF-8 with or without a byte-order mark, UTF-16 with one;
   the header names in `LABEL_COLUMN_NAMES` / `INDEX_COLUMN_NAMES`).
 - `image_to_uint8`: one PIL image to 8-bit grey (H, W) or RGB (H, W, 3).
-- `check_run_options`, `check_k`: options that can be checked before any training.
+- `check_k`: a neighbour count against N. A run's other options are checked by
+  `pipeline.check_run_options`, which needs the method registry and the graph options.
 """
 
 from __future__ import annotations
@@ -401,36 +402,3 @@ def check_k(k, n: int, what: str = "k") -> None:
         raise InputError(f"{what} must be a positive integer, got {k}")
     if k >= n:
         raise InputError(f"{what}={k} is larger than N-1={n - 1} (N={n} examples)")
-
-
-def check_run_options(config, n: int | None = None) -> None:
-    """Check a run's options before any training (names, syntax, ranges; k against N when given).
-
-    config: a pipeline.RunConfig (or anything with its fields). Checks the method name and
-    its parameters (mode, confidence, balance, eta), the kNN search backend, tau syntax,
-    k and pca_dim. Raises InputError with the first problem.
-    """
-    from .graph import SEARCHES, _parse_tau
-    from .prune4rel import MODES
-    from .scores import CONFIDENCE_KINDS
-    from .selection import check_balance, get_method
-
-    info = get_method(config.method)
-    if config.search not in SEARCHES:
-        raise InputError(f"unknown graph search {config.search!r}; choose one of {', '.join(SEARCHES)}")
-    _parse_tau(config.tau)
-    check_balance(config.balance)
-    if "mode" in info.defaults and config.mode not in MODES:
-        raise InputError(f"unknown prune4rel mode {config.mode!r}; choose one of {', '.join(MODES)}")
-    if config.confidence not in CONFIDENCE_KINDS:
-        raise InputError(f"unknown confidence {config.confidence!r}; choose one of {', '.join(CONFIDENCE_KINDS)}")
-    try:
-        eta = float(config.eta)
-    except (TypeError, ValueError):
-        raise InputError(f"eta must be a positive number, got {config.eta!r}") from None
-    if not (eta > 0.0 and math.isfinite(eta)):
-        raise InputError(f"eta must be a positive number, got {config.eta}")
-    if config.pca_dim is not None and (int(config.pca_dim) != config.pca_dim or config.pca_dim < 2):
-        raise InputError(f"pca_dim must be an integer of at least 2, got {config.pca_dim}")
-    if config.k is not None:
-        check_k(config.k, n if n is not None else math.inf)

@@ -8,7 +8,7 @@ import pytest
 import prune_core as pc
 from prune_core.baselines import el2n_score, grand_score, kcenter_greedy, moderate_score
 from prune_core.errors import Cancelled, InputError
-from prune_core.selection import class_target_sequence
+from prune_core.registry import class_target_sequence
 
 ALL_METHODS = ["prune4rel", "uniform", "small_loss", "margin", "least_confidence", "entropy",
                "forgetting", "el2n", "grand", "kcenter", "moderate", "ccs"]

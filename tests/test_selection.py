@@ -6,7 +6,7 @@ import pytest
 import prune_core as pc
 from prune_core.prune4rel import greedy_neighbourhood_confidence, objective
 from prune_core.reference import brute_force_greedy, dense_official_greedy
-from prune_core.selection import class_target_sequence, rank_by_score
+from prune_core.registry import class_target_sequence, rank_by_score
 
 
 def instance(seed, n=None, d=8, tau=0.7):

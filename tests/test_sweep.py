@@ -16,7 +16,8 @@ import torch
 
 from prune_core import cli
 from prune_core.errors import InputError
-from prune_core.selection import _METHODS, MethodOutput, list_methods, register_method
+from prune_core.registry import _METHODS, MethodOutput, register_method
+from prune_core.selection import list_methods
 from prune_core.learners import FROZEN_FEATURES_CAVEAT
 from prune_core.sweep import (
     GIVEN_LABELS_NAME,
