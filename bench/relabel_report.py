@@ -279,7 +279,7 @@ def append_row(path: Path, row: dict) -> None:
     import pandas as pd
 
     from prune_core.pipeline import atomic_write_bytes
-    from prune_core.sweep import RESULT_COLUMNS
+    from prune_core.sweep_report import RESULT_COLUMNS
 
     cols = ["setting", *RESULT_COLUMNS, *UNIT_COLUMNS_EXTRA]
     if path.exists() and path.stat().st_size > 0:

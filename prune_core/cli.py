@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
+from pathlib import Path
 
 from .errors import Cancelled, InputError
 
@@ -222,9 +224,64 @@ def cmd_select(args) -> int:
     return _write_and_summarise(result, args.out)
 
 
+def run_sweep_cli(args, config_factory, progress_printer) -> int:
+    """`python -m prune_core sweep ...`: validate everything, run, write DIR/results.csv,
+    DIR/curves.html, DIR/curves.png and DIR/sweep.json, print a mean table to stdout."""
+    import pandas as pd
+
+    from .pipeline import _library_versions, atomic_write_bytes
+    from .sweep import _split_names, check_sweep_inputs, run_sweep
+    from .sweep_report import RESULT_COLUMNS, results_csv, summarize, write_sweep_outputs
+
+    methods = _split_names(args.methods)
+    specs, ratios, seeds, learners = check_sweep_inputs(methods, args.ratios, args.seeds, args.learner,
+                                                        args.learner_epochs, args.learner_input)
+    config = config_factory(args)
+    # Everything else the run needs, checked before any training.
+    from .noise import parse_noise_spec
+    from .warmup import resolve_device
+
+    parse_noise_spec(config.noise)
+    resolve_device(config.device)
+    out = Path(args.out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise InputError(f"cannot create output folder {out}: {e.strerror}") from None
+
+    rows = []
+
+    def on_result(row):  # keep results.csv current, so an interrupted sweep leaves its rows
+        rows.append(row)
+        atomic_write_bytes(out / "results.csv", results_csv(pd.DataFrame(rows, columns=RESULT_COLUMNS)))
+
+    def progress(stage, fraction, message, metrics):  # per-fit learner/select lines would flood stderr
+        if stage in ("load", "warmup", "graph", "sweep"):
+            progress_printer(stage, fraction, message, metrics)
+
+    started = time.perf_counter()
+    df = run_sweep(config, [s.label for s in specs], ratios, seeds, learners, learner_epochs=args.learner_epochs,
+                   learner_input=args.learner_input, progress=progress, on_result=on_result,
+                   workers=getattr(args, "workers", 1))
+    seconds = time.perf_counter() - started
+    manifest = {
+        "config": config.to_dict(), "methods": [s.label for s in specs], "ratios": ratios, "seeds": seeds,
+        "learner": learners, "learner_epochs": args.learner_epochs, "learner_input": args.learner_input,
+        "rows": len(df), "seconds": round(seconds, 2), "versions": _library_versions(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    title = f"{config.data}, noise {config.noise}, learner {', '.join(learners)}"
+    paths = write_sweep_outputs(df, out, title, manifest)
+    summary = summarize(df, [m for m in ("test_acc", "relabel_acc_all", "given_acc_all", "noise_in_subset")])
+    with pd.option_context("display.width", 200, "display.max_columns", 20, "display.max_rows", 500):
+        print(summary.round(4).to_string(index=False))
+    print(json.dumps({"rows": len(df), "seconds": round(seconds, 2), "files": [str(p) for p in paths.values()]}))
+    sys.stdout.flush()
+    return 0
+
+
 def cmd_sweep(args) -> int:
     from .pipeline import check_run_options
-    from .sweep import run_sweep_cli
 
     check_run_options(_config_from_args(args))  # graph and prune4rel options, before any training
 

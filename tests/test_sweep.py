@@ -19,13 +19,11 @@ from prune_core.errors import InputError
 from prune_core.registry import _METHODS, MethodOutput, register_method
 from prune_core.selection import list_methods
 from prune_core.learners import FROZEN_FEATURES_CAVEAT
-from prune_core.sweep import (
+from prune_core.sweep import check_sweep_inputs, label_accuracy_columns, run_sweep
+from prune_core.sweep_report import (
     GIVEN_LABELS_NAME,
     RESULT_COLUMNS,
-    check_sweep_inputs,
-    label_accuracy_columns,
     relabel_worse_than_given,
-    run_sweep,
     sweep_caveat,
     sweep_figures,
     write_sweep_outputs,
@@ -224,7 +222,7 @@ def test_no_learner_and_no_ground_truth(features_npz):
                    learner_epochs=2)
     assert df.relabel_acc_all.isna().all() and df.relabel_acc_subset.isna().all()
     assert df.noise_in_subset.isna().all() and df.test_acc.notna().all()
-    from prune_core.sweep import results_csv
+    from prune_core.sweep_report import results_csv
 
     row = results_csv(df).decode().splitlines()[1].split(",")
     header = results_csv(df).decode().splitlines()[0].split(",")
