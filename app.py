@@ -3,7 +3,8 @@
     streamlit run app.py          # or: bash scripts/app.sh (starts the demo by itself)
 
 Each page is a file in pages/; the work happens in prune_core (no Streamlit there), long
-stages as background jobs of one process-wide JobManager (see prune_core/jobs.py).
+stages as background jobs of one process-wide JobManager (see prune_core/job_engine.py; the
+stage tasks are in prune_core/jobs.py).
 """
 
 import sys

@@ -20,8 +20,9 @@ default_numba_cache_dir()  # before anything compiles with numba
 import numpy as np  # noqa: E402
 import streamlit as st  # noqa: E402
 
-from prune_core import jobs as J  # noqa: E402
+from prune_core import artifacts as A  # noqa: E402
 from prune_core.errors import InputError  # noqa: E402
+from prune_core.job_engine import JobManager  # noqa: E402
 from prune_core.runstore import RunStore, default_workspace  # noqa: E402
 
 
@@ -68,13 +69,13 @@ def workspace() -> str:
 
 
 @st.cache_resource(show_spinner=False)
-def _manager_for(path: str) -> J.JobManager:
+def _manager_for(path: str) -> JobManager:
     # One manager per server process and workspace: jobs outlive sessions and reloads.
     store = RunStore(path)
-    return J.JobManager(store, max_running=int(os.environ.get("PRUNE4REL_MAX_JOBS", "2")))
+    return JobManager(store, max_running=int(os.environ.get("PRUNE4REL_MAX_JOBS", "2")))
 
 
-def manager() -> J.JobManager:
+def manager() -> JobManager:
     return _manager_for(workspace())
 
 
@@ -158,27 +159,27 @@ def need_run() -> str:
 
 @st.cache_resource(max_entries=4, show_spinner=False)
 def _data(path: str, run_id: str, version: int):
-    return J.load_data(RunStore(path), run_id)
+    return A.load_data(RunStore(path), run_id)
 
 
 @st.cache_resource(max_entries=4, show_spinner=False)
 def _warmup(path: str, run_id: str, version: int):
-    return J.load_warmup(RunStore(path), run_id)
+    return A.load_warmup(RunStore(path), run_id)
 
 
 @st.cache_resource(max_entries=8, show_spinner=False)
 def _graph(path: str, run_id: str, key: str, version: int, wu_version: int):
-    return J.load_graph(RunStore(path), run_id, key)
+    return A.load_graph(RunStore(path), run_id, key)
 
 
 @st.cache_resource(max_entries=16, show_spinner=False)
 def _selection(path: str, run_id: str, key: str, version: int, wu_version: int):
-    return J.load_selection(RunStore(path), run_id, key)
+    return A.load_selection(RunStore(path), run_id, key)
 
 
 @st.cache_resource(max_entries=8, show_spinner=False)
 def _map(path: str, run_id: str, which: str, v_umap: int, v_pca: int, wu_version: int):
-    return J.load_map(RunStore(path), run_id, which)
+    return A.load_map(RunStore(path), run_id, which)
 
 
 def data(run_id: str):
@@ -233,7 +234,7 @@ def current_selection(run_id: str) -> dict | None:
     Falls back to the newest stored selection, at keep ratio 0.5 for nested methods.
     """
     cur = store().load_json(run_id, "current_selection")
-    sels = J.list_selections(store(), run_id)
+    sels = A.list_selections(store(), run_id)
     keys = {s["key"]: s for s in sels}
     if cur and cur.get("key") in keys:
         return cur

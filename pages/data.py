@@ -8,6 +8,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from pages import _ui as ui
+from prune_core import artifacts as A
 from prune_core import jobs as J
 from prune_core.errors import InputError
 from prune_core.noise import NoisyLabels, describe_noise
@@ -143,7 +144,7 @@ with st.expander("New run from a dataset", expanded=not has_data):
             label = spec if not spec.startswith("npz:") or src != "upload" else f"upload {st.session_state['data_upload'].name}"
             new_id = s.create_run({"data": spec, "noise": noisy.spec, "seed": seed, "kind": "data"},
                                   name=name or f"{label}, {noisy.spec}")
-            J.save_data(s, new_id, ds, noisy, seed)
+            A.save_data(s, new_id, ds, noisy, seed)
             s.update_run(new_id, state="done", message="data loaded")
             ui.request_run(new_id)
             st.session_state["data_loaded_msg"] = (f"Loaded {ds.n_train} training examples ({ds.num_classes} classes) "

@@ -7,6 +7,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from pages import _ui as ui
+from prune_core import artifacts as A
 from prune_core import jobs as J
 from prune_core.errors import InputError
 from prune_core.metrics import selection_metrics
@@ -94,7 +95,7 @@ stored = ui.selection(run_id, plan["key"])
 job = ui.manager().find(run_id, "select", key=plan["key"], active_only=True)
 
 if stored is None and job is None:
-    same_params = [x for x in J.list_selections(s, run_id)
+    same_params = [x for x in A.list_selections(s, run_id)
                    if x["method"] == method and x.get("plan_params") == plan["params"] and x["seed"] == int(seed)
                    and x["graph"] == plan["graph"]]
     if not plan["nested"] and same_params:
@@ -243,12 +244,12 @@ st.subheader("Export")
 
 @st.cache_data(max_entries=8, show_spinner=False)
 def csv_bytes(run: str, key: str, ratio: float, versions: tuple) -> bytes:
-    return J.selection_csv(sel, d.y_noisy, d.y_clean, conf, d.ds.label_values)
+    return A.selection_csv(sel, d.y_noisy, d.y_clean, conf, d.ds.label_values)
 
 
 @st.cache_data(max_entries=8, show_spinner=False)
 def manifest_bytes(run: str, key: str, ratio: float, versions: tuple) -> bytes:
-    man = J.selection_manifest(s, run_id, key, ratio, metrics=met)
+    man = A.selection_manifest(s, run_id, key, ratio, metrics=met)
     from prune_core.runstore import to_json
 
     return to_json(man).encode()
@@ -260,7 +261,7 @@ c1.download_button("Download selection CSV", data=csv_bytes(run_id, shown_key, s
                    file_name=f"{stem}.csv", mime="text/csv", key="select_download_csv",
                    help="One row per training example (N rows): index, rank (-1 when dropped), selected (1/0), "
                         "given_label, clean_label, confidence")
-c2.download_button("Download selection NPY", data=J.selection_npy(sel), file_name=f"{stem}.npy",
+c2.download_button("Download selection NPY", data=A.selection_npy(sel), file_name=f"{stem}.npy",
                    mime="application/octet-stream", key="select_download_npy",
                    help="The kept indices in pick order, int64")
 c3.download_button("Download manifest JSON", data=manifest_bytes(run_id, shown_key, shown_ratio, versions),

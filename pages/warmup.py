@@ -5,6 +5,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from pages import _ui as ui
+from prune_core import artifacts as A
 from prune_core import jobs as J
 
 ui.ensure_app_frame(__file__)
@@ -15,7 +16,7 @@ st.caption("A short cross-entropy training on the noisy labels, stopped before t
 
 run_id = ui.need_run()
 d = ui.need_data(run_id)
-if J.is_model_outputs(ui.warmup(run_id)):
+if A.is_model_outputs(ui.warmup(run_id)):
     st.info("This run holds model outputs you supplied (probabilities and embeddings stand in for a warm-up): "
             "there is nothing to train here; use Select, Explore and Label errors.")
     st.stop()
