@@ -200,7 +200,7 @@ def test_explore_colour_and_gallery(ws):
 
 
 def test_gallery_indices_come_from_customdata():
-    from pages._ui import selected_indices
+    from pages._figures import selected_indices
 
     event = {"selection": {"points": [{"curve_number": 1, "point_index": 0, "customdata": [42, 3, 3]},
                                       {"curve_number": 0, "point_index": 0, "customdata": [7, 1, 1]},
