@@ -22,7 +22,7 @@ from pages import _nav  # noqa: E402  (Streamlit only: cheap)
 
 nav = _nav.navigation()  # first, before the heavy imports: the sidebar lists only these pages
 
-from pages import _ui as ui  # noqa: E402  (its pages._data import sets NUMBA_CACHE_DIR before numba loads)
+from pages import _ui as ui  # noqa: E402  (its pages._store import sets NUMBA_CACHE_DIR before numba loads)
 
 ui.sidebar_run_picker()
 nav.run()

@@ -1,6 +1,6 @@
 """Plotly figure builders and colours of the app's pages (not a page itself).
 
-Pure drawing: no run store, no prune_core (pages/_data.py loads what the figures show).
+Pure drawing: no run store, no prune_core (pages/_store.py loads what the figures show).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Shared helpers of the app's pages (not a page itself): the page frame, the run picker,
 page guards (need_*), jobs on screen and small widgets.
 
-Everything heavy lives in `prune_core`; cached access to the run store is in pages/_data.py
+Everything heavy lives in `prune_core`; cached access to the run store is in pages/_store.py
 (imported first: it sets NUMBA_CACHE_DIR), figures and colours in pages/_figures.py. This
 module only polls and draws.
 """
@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import streamlit as st
 
-from pages import _data as D  # before any other prune_core import: it sets NUMBA_CACHE_DIR
+from pages import _store as S  # before any other prune_core import: it sets NUMBA_CACHE_DIR
 from prune_core.errors import InputError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -78,7 +78,7 @@ def sidebar_run_picker() -> str | None:
     picker, so a state change never changes (and never resets) the choice. A run requested
     by a page wins, then the session's choice, then the URL's (a reload, a shared link).
     """
-    runs = D.store().list_runs()
+    runs = S.store().list_runs()
     ids = [r["id"] for r in runs]
     by_id = {r["id"]: r for r in runs}
     pending = st.session_state.pop("_pending_run", None)
@@ -103,16 +103,16 @@ def sidebar_run_picker() -> str | None:
         st.caption(f"state: {run['state']}" + (f" · last job: {last['kind']} {last['state']}" if last else ""))
     # What the page about to run reads was stored no earlier than this: show_jobs reruns the
     # page when a result changed since (a fast job that ended before its poll started).
-    st.session_state[START_SIGNATURE_KEY] = (run_id, D.store().signature(run_id), run["state"])
+    st.session_state[START_SIGNATURE_KEY] = (run_id, S.store().signature(run_id), run["state"])
     return run_id
 
 
 def current_run_id() -> str | None:
     # A run just requested (request_run) wins until the sidebar picker has taken it over.
     for rid in (st.session_state.get("_pending_run"), st.session_state.get(RUN_KEY)):
-        if rid and D.store().get_run(rid) is not None:
+        if rid and S.store().get_run(rid) is not None:
             return rid
-    runs = D.store().list_runs()
+    runs = S.store().list_runs()
     return runs[0]["id"] if runs else None
 
 
@@ -126,7 +126,7 @@ def need_run() -> str:
 
 
 def need_data(run_id: str):
-    d = D.data(run_id)
+    d = S.data(run_id)
     if d is None:
         st.info("This run has no data yet: load a dataset on the Data page (or start the demo on Home).")
         show_jobs(run_id)
@@ -135,7 +135,7 @@ def need_data(run_id: str):
 
 
 def need_warmup(run_id: str):
-    wu = D.warmup(run_id)
+    wu = S.warmup(run_id)
     if wu is None:
         st.info("This run has no warm-up yet: run it on the Warm-up page.")
         show_jobs(run_id)
@@ -162,7 +162,7 @@ def show_jobs(run_id: str, kinds: tuple[str, ...] | None = None, key: str = "job
     these kinds (newer than any success; `failed_filter(job)` narrows which count) shows its
     error once. Returns the active jobs.
     """
-    m = D.manager()
+    m = S.manager()
     s = m.store
 
     def mine(j):
@@ -208,7 +208,7 @@ def show_jobs(run_id: str, kinds: tuple[str, ...] | None = None, key: str = "job
 
 
 def submit(run_id: str, kind: str, fn, params: dict, key: str | None = None) -> str:
-    return D.manager().submit(run_id, kind, fn, params, key=key)
+    return S.manager().submit(run_id, kind, fn, params, key=key)
 
 
 # --------------------------------------------------------------------------- small views

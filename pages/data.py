@@ -7,8 +7,8 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from pages import _data as D
 from pages import _figures as F
+from pages import _store as S
 from pages import _ui as ui
 from prune_core import artifacts as A
 from prune_core import jobs as J
@@ -19,9 +19,9 @@ ui.ensure_app_frame(__file__)
 
 st.title("Data")
 
-s = D.store()
+s = S.store()
 run_id = ui.current_run_id()
-has_data = run_id is not None and D.data(run_id) is not None
+has_data = run_id is not None and S.data(run_id) is not None
 
 SOURCES = {
     "digits": "digits (built-in, 1,437 train / 360 test 8x8 images)",
@@ -225,7 +225,7 @@ if run_id is None or not has_data:
         ui.show_jobs(run_id, key="data_jobs")
     st.stop()
 
-d = D.data(run_id)
+d = S.data(run_id)
 info = d.info
 ds = d.ds
 n = ds.n_train

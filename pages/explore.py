@@ -4,8 +4,8 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from pages import _data as D
 from pages import _figures as F
+from pages import _store as S
 from pages import _ui as ui
 from prune_core import jobs as J
 from prune_core.errors import InputError
@@ -18,12 +18,12 @@ run_id = ui.need_run()
 d = ui.need_data(run_id)
 wu = ui.need_warmup(run_id)
 n = d.ds.n_train
-s = D.store()
+s = S.store()
 
 # ---- which map
-umap_map = D.projection(run_id, "umap")
-pca_map = D.projection(run_id, "pca")
-umap_job = D.manager().find(run_id, "umap", active_only=True)
+umap_map = S.projection(run_id, "umap")
+pca_map = S.projection(run_id, "pca")
+umap_job = S.manager().find(run_id, "umap", active_only=True)
 c1, c2 = st.columns([2, 3])
 with c1:
     options = (["UMAP"] if umap_map is not None else []) + ["PCA"]
@@ -53,11 +53,11 @@ else:
     coords = pca_2d(wu.embeddings)
 
 # ---- the selection shown (set on the Select page)
-cur = D.current_selection(run_id)
-sl = D.sliced(run_id, cur["key"], cur["keep_ratio"]) if cur else None
+cur = S.current_selection(run_id)
+sl = S.sliced(run_id, cur["key"], cur["keep_ratio"]) if cur else None
 sel = sl[0] if sl else None
-cov = D.cover(run_id, sl[1]["graph"], cur["key"], cur["keep_ratio"]) if sl else None
-issues = D.label_issues(run_id)
+cov = S.cover(run_id, sl[1]["graph"], cur["key"], cur["keep_ratio"]) if sl else None
+issues = S.label_issues(run_id)
 by_index = issues.sort_values("index")
 suggested = by_index["suggested_label"].to_numpy()
 suspect = by_index["is_issue"].to_numpy()

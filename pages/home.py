@@ -7,8 +7,8 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from pages import _data as D
 from pages import _figures as F
+from pages import _store as S
 from pages import _ui as ui
 from prune_core import jobs as J
 
@@ -23,7 +23,7 @@ st.markdown(
     "subset on a 2-D map, compare methods across keep ratios, and inspect suspected label errors."
 )
 
-m = D.manager()
+m = S.manager()
 s = m.store
 
 
@@ -82,16 +82,16 @@ if run_id is not None:
     run = s.get_run(run_id)
     st.subheader(f"Current run: {run['name']}")
     ui.show_jobs(run_id, key="home_jobs")
-    got = D.projection(run_id)
-    wu = D.warmup(run_id)
-    d = D.data(run_id)
+    got = S.projection(run_id)
+    wu = S.warmup(run_id)
+    d = S.data(run_id)
     if got is not None and wu is not None and d is not None:
         coords, minfo = got
-        cur = D.current_selection(run_id)
+        cur = S.current_selection(run_id)
         values, label, short = wu.probs.max(axis=1), "confidence (max softmax)", "confidence"
         if cur:
-            sl = D.sliced(run_id, cur["key"], cur["keep_ratio"])
-            cov = D.cover(run_id, sl[1]["graph"], cur["key"], cur["keep_ratio"]) if sl else None
+            sl = S.sliced(run_id, cur["key"], cur["keep_ratio"])
+            cov = S.cover(run_id, sl[1]["graph"], cur["key"], cur["keep_ratio"]) if sl else None
             if cov is not None:
                 values, short = cov, "C(x;S)"
                 label = f"C(x;S), {sl[1]['method']} {ui.keep_label(round(100 * cur['keep_ratio'], 2))}"

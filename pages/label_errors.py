@@ -4,8 +4,8 @@ import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
 
-from pages import _data as D
 from pages import _figures as F
+from pages import _store as S
 from pages import _ui as ui
 from prune_core import jobs as J
 from prune_core.label_errors import average_precision, corrections_frame, ranking_precision_recall
@@ -21,12 +21,12 @@ run_id = ui.need_run()
 d = ui.need_data(run_id)
 wu = ui.need_warmup(run_id)
 n = d.ds.n_train
-s = D.store()
+s = S.store()
 
-gkey = D.best_graph_key(run_id)
+gkey = S.best_graph_key(run_id)
 if gkey is None:
     st.warning("No neighbour graph yet: the ranking uses the model alone.")
-    if D.manager().find(run_id, "graph", active_only=True) is None:
+    if S.manager().find(run_id, "graph", active_only=True) is None:
         if st.button("Build the neighbour graph (tau auto)", key="le_graph"):
             ui.submit(run_id, "graph", J.task_graph, {"tau": "auto"})
             st.rerun()
@@ -34,8 +34,8 @@ if gkey is None:
 
 alpha = st.slider("Weight of the model vs the neighbours", 0.0, 1.0, 0.5, step=0.05, key="le_alpha",
                   help="1: model only; 0: neighbour vote only")
-issues = D.label_issues(run_id, alpha)
-g = D.graph(run_id, gkey) if gkey else None
+issues = S.label_issues(run_id, alpha)
+g = S.graph(run_id, gkey) if gkey else None
 
 # ---- precision / recall against the ground truth
 if d.is_noisy is not None and d.is_noisy.any():

@@ -6,8 +6,8 @@ import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
 
-from pages import _data as D
 from pages import _figures as F
+from pages import _store as S
 from pages import _ui as ui
 from prune_core import artifacts as A
 from prune_core import jobs as J
@@ -26,11 +26,11 @@ d = ui.need_data(run_id)
 wu = ui.need_warmup(run_id)
 n = d.ds.n_train
 C = d.ds.num_classes
-s = D.store()
+s = S.store()
 
 methods = list_methods()
-cur = D.current_selection(run_id)
-cur_info = D.selection(run_id, cur["key"])[1] if cur and D.selection(run_id, cur["key"]) else None
+cur = S.current_selection(run_id)
+cur_info = S.selection(run_id, cur["key"])[1] if cur and S.selection(run_id, cur["key"]) else None
 STANDARD = ("tau", "eta", "mode", "confidence", "k")
 
 # ---- controls
@@ -93,8 +93,8 @@ except InputError as e:
     st.error(str(e))
     st.stop()
 
-stored = D.selection(run_id, plan["key"])
-job = D.manager().find(run_id, "select", key=plan["key"], active_only=True)
+stored = S.selection(run_id, plan["key"])
+job = S.manager().find(run_id, "select", key=plan["key"], active_only=True)
 
 if stored is None and job is None:
     same_params = [x for x in A.list_selections(s, run_id)
@@ -119,11 +119,11 @@ ui.show_jobs(run_id, kinds=("select", "demo"), key="select_jobs",
              failed_filter=lambda j: j["kind"] == "demo" or j["key"] == plan["key"])
 
 # ---- results: this plan's selection, else the last one shown
-shown_key = plan["key"] if stored is not None else (cur["key"] if cur and D.selection(run_id, cur["key"]) else None)
+shown_key = plan["key"] if stored is not None else (cur["key"] if cur and S.selection(run_id, cur["key"]) else None)
 if shown_key is None:
     st.stop()
 shown_ratio = keep_ratio
-got = D.selection(run_id, shown_key)
+got = S.selection(run_id, shown_key)
 full, sinfo = got
 if not full.nested:
     shown_ratio = full.keep_ratio
@@ -131,10 +131,10 @@ if shown_key != plan["key"]:
     st.info(f"Showing the last computed selection ({sinfo['method']}, {ui.keep_label(100 * shown_ratio)}) "
             "until you run the one set above.")
 else:
-    D.set_current_selection(run_id, shown_key, shown_ratio)
+    S.set_current_selection(run_id, shown_key, shown_ratio)
 
-sel, _ = D.sliced(run_id, shown_key, shown_ratio)
-g = D.graph(run_id, sinfo["graph"])
+sel, _ = S.sliced(run_id, shown_key, shown_ratio)
+g = S.graph(run_id, sinfo["graph"])
 graph, ginfo = g if g else (None, {})
 conf_kind = sinfo.get("params", {}).get("confidence", "maxprob")
 from prune_core.scores import confidence as confidence_of  # noqa: E402
@@ -207,9 +207,9 @@ if other != "(none)":
     except InputError as e:
         st.error(str(e))
         st.stop()
-    got2 = D.sliced(run_id, plan2["key"], shown_ratio)
+    got2 = S.sliced(run_id, plan2["key"], shown_ratio)
     if got2 is None:
-        if D.manager().find(run_id, "select", key=plan2["key"], active_only=True) is None:
+        if S.manager().find(run_id, "select", key=plan2["key"], active_only=True) is None:
             st.button(f"Run {other}", key="select_compare_run",
                       on_click=lambda: ui.submit(run_id, "select", J.task_select,
                                                  {"method": other, "params": plan2["params"], "keep_ratio": shown_ratio,
@@ -226,7 +226,7 @@ if other != "(none)":
         for col, m_, name in ((cols[2], met, sel.method), (cols[3], met2, other)):
             v = m_.get("noise_rate_subset")
             col.metric(f"Wrong labels kept: {name}", "unknown" if v is None else f"{100 * v:.1f}%")
-        mp = D.projection(run_id)
+        mp = S.projection(run_id)
         if mp is not None:
             coords = mp[0]
             custom = np.arange(n)[:, None]

@@ -3,8 +3,8 @@
 import pandas as pd
 import streamlit as st
 
-from pages import _data as D
 from pages import _figures as F
+from pages import _store as S
 from pages import _ui as ui
 from prune_core import artifacts as A
 from prune_core import jobs as J
@@ -22,8 +22,8 @@ st.caption("For every method, keep ratio and seed: select the subset, train the 
 
 run_id = ui.need_run()
 d = ui.need_data(run_id)
-s = D.store()
-if A.is_model_outputs(D.warmup(run_id)):
+s = S.store()
+if A.is_model_outputs(S.warmup(run_id)):
     st.info("Model outputs: this sweep can only select (learner none, seed 0); training a learner needs a dataset "
             "and a warm-up.")
 

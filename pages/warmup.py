@@ -4,8 +4,8 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from pages import _data as D
 from pages import _figures as F
+from pages import _store as S
 from pages import _ui as ui
 from prune_core import artifacts as A
 from prune_core import jobs as J
@@ -18,7 +18,7 @@ st.caption("A short cross-entropy training on the noisy labels, stopped before t
 
 run_id = ui.need_run()
 d = ui.need_data(run_id)
-if A.is_model_outputs(D.warmup(run_id)):
+if A.is_model_outputs(S.warmup(run_id)):
     st.info("This run holds model outputs you supplied (probabilities and embeddings stand in for a warm-up): "
             "there is nothing to train here; use Select, Explore and Label errors.")
     st.stop()
@@ -66,7 +66,7 @@ except Exception as e:  # noqa: BLE001
     device_ok = False
 seed = st.number_input("Seed", min_value=0, value=0, step=1, key="warmup_seed")
 
-wu = D.warmup(run_id)
+wu = S.warmup(run_id)
 if wu is not None:
     st.caption("A new warm-up replaces this run's warm-up, and with it its graphs, selections and maps "
                "(kept until the new warm-up has finished).")
