@@ -3,7 +3,8 @@
     streamlit run app.py          # or: bash scripts/app.sh (starts the demo by itself)
 
 Each page is a file in pages/; the work happens in prune_core (no Streamlit there), long
-stages as background jobs of one process-wide JobManager (see prune_core/jobs.py).
+stages as background jobs of one process-wide JobManager (see prune_core/job_engine.py; the
+stage tasks are in prune_core/jobs.py).
 """
 
 import sys
@@ -21,7 +22,7 @@ from pages import _nav  # noqa: E402  (Streamlit only: cheap)
 
 nav = _nav.navigation()  # first, before the heavy imports: the sidebar lists only these pages
 
-from pages import _ui as ui  # noqa: E402  (sets NUMBA_CACHE_DIR before numba loads)
+from pages import _ui as ui  # noqa: E402  (its pages._store import sets NUMBA_CACHE_DIR before numba loads)
 
 ui.sidebar_run_picker()
 nav.run()

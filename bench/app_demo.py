@@ -9,7 +9,7 @@ clone, timed once; "cold": an empty cache, kernels compile on first use) and eac
      Debian's chromium (Playwright), clicks "Run the demo" and times the click until the
      first map is drawn, and until the map's title says UMAP;
   2. as the reference, in the same run, times the same stages through the library alone
-     (`prune_core.jobs.run_task`: load + noise, warm-up + PCA, graph + ranking, UMAP) in a
+     (`prune_core.job_engine.run_task`: load + noise, warm-up + PCA, graph + ranking, UMAP) in a
      fresh Python process with the same cache state, imports included.
 
 It prints one row per try, the medians, and the ratio browser / library (what the app's
@@ -39,17 +39,18 @@ LIBRARY_PATH = r"""
 import json, sys, tempfile, time
 t0 = time.perf_counter()
 from prune_core import jobs as J
+from prune_core.job_engine import run_task
 from prune_core.runstore import RunStore
 out = {"import_s": time.perf_counter() - t0}
 store = RunStore(tempfile.mkdtemp())
 rid = store.create_run({"data": "digits", "noise": "sym:0.4"}, name="bench")
 t = time.perf_counter()
-J.run_task(store, rid, J.task_load, data="digits", noise="sym:0.4", seed=0)
-J.run_task(store, rid, J.task_warmup, seed=0)             # saves the PCA map too
+run_task(store, rid, J.task_load, data="digits", noise="sym:0.4", seed=0)
+run_task(store, rid, J.task_warmup, seed=0)             # saves the PCA map too
 out["to_pca_s"] = time.perf_counter() - t
-J.run_task(store, rid, J.task_select, method="prune4rel", tau="auto", seed=0)
+run_task(store, rid, J.task_select, method="prune4rel", tau="auto", seed=0)
 out["to_ranking_s"] = time.perf_counter() - t
-J.run_task(store, rid, J.task_maps, seed=0)
+run_task(store, rid, J.task_maps, seed=0)
 out["to_umap_s"] = time.perf_counter() - t
 print(json.dumps(out))
 """

@@ -1,28 +1,23 @@
-"""Shared helpers of the app's pages (not a page itself): store, jobs, run picker, plots.
+"""Shared helpers of the app's pages (not a page itself): the page frame, the run picker,
+page guards (need_*), jobs on screen and small widgets.
 
-Everything heavy lives in `prune_core`; this module only caches, polls and draws.
+Everything heavy lives in `prune_core`; cached access to the run store is in pages/_store.py
+(imported first: it sets NUMBA_CACHE_DIR), figures and colours in pages/_figures.py. This
+module only polls and draws.
 """
 
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
+import numpy as np
+import streamlit as st
+
+from pages import _store as S  # before any other prune_core import: it sets NUMBA_CACHE_DIR
+from prune_core.errors import InputError
+
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from prune_core.projection import default_numba_cache_dir  # noqa: E402
-
-default_numba_cache_dir()  # before anything compiles with numba
-
-import numpy as np  # noqa: E402
-import streamlit as st  # noqa: E402
-
-from prune_core import jobs as J  # noqa: E402
-from prune_core.errors import InputError  # noqa: E402
-from prune_core.runstore import RunStore, default_workspace  # noqa: E402
 
 
 # --------------------------------------------------------------------------- page frame
@@ -60,28 +55,6 @@ def ensure_app_frame(page_file: str) -> None:
     sidebar_run_picker()
 
 
-# --------------------------------------------------------------------------- store and jobs
-
-
-def workspace() -> str:
-    return str(default_workspace().resolve())
-
-
-@st.cache_resource(show_spinner=False)
-def _manager_for(path: str) -> J.JobManager:
-    # One manager per server process and workspace: jobs outlive sessions and reloads.
-    store = RunStore(path)
-    return J.JobManager(store, max_running=int(os.environ.get("PRUNE4REL_MAX_JOBS", "2")))
-
-
-def manager() -> J.JobManager:
-    return _manager_for(workspace())
-
-
-def store() -> RunStore:
-    return manager().store
-
-
 # --------------------------------------------------------------------------- current run
 
 RUN_KEY = "run"  # the sidebar picker's key and the URL's ?run= query parameter: a run id
@@ -105,7 +78,7 @@ def sidebar_run_picker() -> str | None:
     picker, so a state change never changes (and never resets) the choice. A run requested
     by a page wins, then the session's choice, then the URL's (a reload, a shared link).
     """
-    runs = store().list_runs()
+    runs = S.store().list_runs()
     ids = [r["id"] for r in runs]
     by_id = {r["id"]: r for r in runs}
     pending = st.session_state.pop("_pending_run", None)
@@ -130,16 +103,16 @@ def sidebar_run_picker() -> str | None:
         st.caption(f"state: {run['state']}" + (f" · last job: {last['kind']} {last['state']}" if last else ""))
     # What the page about to run reads was stored no earlier than this: show_jobs reruns the
     # page when a result changed since (a fast job that ended before its poll started).
-    st.session_state[START_SIGNATURE_KEY] = (run_id, store().signature(run_id), run["state"])
+    st.session_state[START_SIGNATURE_KEY] = (run_id, S.store().signature(run_id), run["state"])
     return run_id
 
 
 def current_run_id() -> str | None:
     # A run just requested (request_run) wins until the sidebar picker has taken it over.
     for rid in (st.session_state.get("_pending_run"), st.session_state.get(RUN_KEY)):
-        if rid and store().get_run(rid) is not None:
+        if rid and S.store().get_run(rid) is not None:
             return rid
-    runs = store().list_runs()
+    runs = S.store().list_runs()
     return runs[0]["id"] if runs else None
 
 
@@ -152,62 +125,8 @@ def need_run() -> str:
     return rid
 
 
-# --------------------------------------------------------------------------- cached loads
-# Keyed by the bundle's version (mtime of its info.json): a rewritten result reloads.
-
-
-@st.cache_resource(max_entries=4, show_spinner=False)
-def _data(path: str, run_id: str, version: int):
-    return J.load_data(RunStore(path), run_id)
-
-
-@st.cache_resource(max_entries=4, show_spinner=False)
-def _warmup(path: str, run_id: str, version: int):
-    return J.load_warmup(RunStore(path), run_id)
-
-
-@st.cache_resource(max_entries=8, show_spinner=False)
-def _graph(path: str, run_id: str, key: str, version: int, wu_version: int):
-    return J.load_graph(RunStore(path), run_id, key)
-
-
-@st.cache_resource(max_entries=16, show_spinner=False)
-def _selection(path: str, run_id: str, key: str, version: int, wu_version: int):
-    return J.load_selection(RunStore(path), run_id, key)
-
-
-@st.cache_resource(max_entries=8, show_spinner=False)
-def _map(path: str, run_id: str, which: str, v_umap: int, v_pca: int, wu_version: int):
-    return J.load_map(RunStore(path), run_id, which)
-
-
-def data(run_id: str):
-    return _data(workspace(), run_id, store().bundle_version(run_id, "data"))
-
-
-def warmup(run_id: str):
-    return _warmup(workspace(), run_id, store().bundle_version(run_id, "warmup"))
-
-
-def graph(run_id: str, key: str):
-    s = store()
-    return _graph(workspace(), run_id, key, s.bundle_version(run_id, f"graphs/{key}"), s.bundle_version(run_id, "warmup"))
-
-
-def selection(run_id: str, key: str):
-    s = store()
-    return _selection(workspace(), run_id, key, s.bundle_version(run_id, f"selections/{key}"),
-                      s.bundle_version(run_id, "warmup"))
-
-
-def projection(run_id: str, which: str = "best"):
-    s = store()
-    return _map(workspace(), run_id, which, s.bundle_version(run_id, "maps/umap"), s.bundle_version(run_id, "maps/pca"),
-                s.bundle_version(run_id, "warmup"))
-
-
 def need_data(run_id: str):
-    d = data(run_id)
+    d = S.data(run_id)
     if d is None:
         st.info("This run has no data yet: load a dataset on the Data page (or start the demo on Home).")
         show_jobs(run_id)
@@ -216,105 +135,12 @@ def need_data(run_id: str):
 
 
 def need_warmup(run_id: str):
-    wu = warmup(run_id)
+    wu = S.warmup(run_id)
     if wu is None:
         st.info("This run has no warm-up yet: run it on the Warm-up page.")
         show_jobs(run_id)
         st.stop()
     return wu
-
-
-# --------------------------------------------------------------------------- current selection
-
-
-def current_selection(run_id: str) -> dict | None:
-    """{key, keep_ratio} of the selection shown across pages (the Select page sets it).
-
-    Falls back to the newest stored selection, at keep ratio 0.5 for nested methods.
-    """
-    cur = store().load_json(run_id, "current_selection")
-    sels = J.list_selections(store(), run_id)
-    keys = {s["key"]: s for s in sels}
-    if cur and cur.get("key") in keys:
-        return cur
-    if not sels:
-        return None
-    s = sels[0]
-    return {"key": s["key"], "keep_ratio": 0.5 if s.get("nested", True) else float(s["keep_ratio"])}
-
-
-def set_current_selection(run_id: str, key: str, keep_ratio: float) -> None:
-    cur = store().load_json(run_id, "current_selection")
-    new = {"key": key, "keep_ratio": float(keep_ratio)}
-    if cur != new:
-        store().save_json(run_id, "current_selection", new)
-
-
-def sliced(run_id: str, key: str, keep_ratio: float):
-    """(Selection at keep_ratio, info) from a stored ranking, or None."""
-    got = selection(run_id, key)
-    if got is None:
-        return None
-    sel, info = got
-    if sel.nested:
-        return sel.prefix(min(1.0, keep_ratio)), info
-    return sel, info
-
-
-@st.cache_data(max_entries=16, show_spinner=False)
-def _cover(path: str, run_id: str, gkey: str, skey: str, keep_ratio: float, versions: tuple, confidence: str):
-    from prune_core.prune4rel import neighbourhood_confidence
-    from prune_core.scores import confidence as confidence_of
-
-    g = graph(run_id, gkey)
-    wu = warmup(run_id)
-    got = sliced(run_id, skey, keep_ratio)
-    if g is None or wu is None or got is None:
-        return None
-    conf = confidence_of(wu.probs, confidence)
-    return neighbourhood_confidence(g[0], conf, got[0].indices)
-
-
-def cover(run_id: str, gkey: str, skey: str, keep_ratio: float, confidence: str = "maxprob"):
-    """C(x; S) (N,) of the kept subset of a stored ranking, on the graph it was made with."""
-    s = store()
-    versions = (s.bundle_version(run_id, f"graphs/{gkey}"), s.bundle_version(run_id, f"selections/{skey}"),
-                s.bundle_version(run_id, "warmup"))
-    return _cover(workspace(), run_id, gkey, skey, float(keep_ratio), versions, confidence)
-
-
-@st.cache_data(max_entries=8, show_spinner=False)
-def _issues(path: str, run_id: str, gkey: str | None, alpha: float, versions: tuple):
-    from prune_core.label_errors import find_label_issues
-
-    d = data(run_id)
-    wu = warmup(run_id)
-    g = graph(run_id, gkey) if gkey else None
-    return find_label_issues(wu.probs, d.y_noisy, graph=None if g is None else g[0], alpha=alpha,
-                             num_classes=d.ds.num_classes, y_clean=d.y_clean)
-
-
-def best_graph_key(run_id: str) -> str | None:
-    """The graph of the current selection, else any graph of the current warm-up."""
-    cur = current_selection(run_id)
-    if cur:
-        got = selection(run_id, cur["key"])
-        if got is not None and graph(run_id, got[1]["graph"]) is not None:
-            return got[1]["graph"]
-    for name in store().list_bundles(run_id, "graphs"):
-        key = name.split("/", 1)[1]
-        if graph(run_id, key) is not None:
-            return key
-    return None
-
-
-def label_issues(run_id: str, alpha: float = 0.5):
-    """find_label_issues on the run's warm-up probabilities and neighbour graph (cached)."""
-    gkey = best_graph_key(run_id)
-    s = store()
-    versions = (s.bundle_version(run_id, "warmup"), s.bundle_version(run_id, f"graphs/{gkey}") if gkey else 0,
-                s.bundle_version(run_id, "data"))
-    return _issues(workspace(), run_id, gkey, float(alpha), versions)
 
 
 # --------------------------------------------------------------------------- jobs on screen
@@ -336,7 +162,7 @@ def show_jobs(run_id: str, kinds: tuple[str, ...] | None = None, key: str = "job
     these kinds (newer than any success; `failed_filter(job)` narrows which count) shows its
     error once. Returns the active jobs.
     """
-    m = manager()
+    m = S.manager()
     s = m.store
 
     def mine(j):
@@ -382,7 +208,7 @@ def show_jobs(run_id: str, kinds: tuple[str, ...] | None = None, key: str = "job
 
 
 def submit(run_id: str, kind: str, fn, params: dict, key: str | None = None) -> str:
-    return manager().submit(run_id, kind, fn, params, key=key)
+    return S.manager().submit(run_id, kind, fn, params, key=key)
 
 
 # --------------------------------------------------------------------------- small views
@@ -392,11 +218,6 @@ def keep_label(percent: float) -> str:
     p = float(percent)
     fmt = (lambda v: f"{v:g}")
     return f"keep {fmt(p)}% (prune {fmt(round(100 - p, 6))}%)"
-
-
-def class_name(d, c: int) -> str:
-    names = d.ds.class_names
-    return str(names[c]) if 0 <= c < len(names) else str(c)
 
 
 def thumb(x: np.ndarray, size: int = 64) -> np.ndarray:
@@ -424,127 +245,6 @@ def image_grid(d, indices, captions=None, size: int = 64, width: int = 72) -> No
     st.image(imgs, caption=captions or [f"#{i}" for i in indices], width=width)
 
 
-# Categorical colourings: distinct qualitative colours (plotly's "Plotly" and "Dark24" sets,
-# not the theme's shades of one hue). Two-way splits name their colours: the part that
-# matters (wrong label, kept, suspect) stands out against a quiet grey.
-QUALITATIVE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
-               "#bcbd22", "#17becf"]
-QUIET = "#c3c9d2"  # the unremarkable side of a two-way split
-MODEBAR_ROOM = 34  # px at the top of every chart kept free for plotly's mode bar (top right)
-CHART_CONFIG = {"displaylogo": False}
-
-
-def category_colours(count: int) -> list[str]:
-    if count <= len(QUALITATIVE):
-        return QUALITATIVE[:count]
-    import plotly.express as px
-
-    palette = px.colors.qualitative.Dark24 + px.colors.qualitative.Light24
-    return [palette[i % len(palette)] for i in range(count)]
-
-
-def tidy_figure(fig, legend: str = "right"):
-    """Lay a figure out so the mode bar covers nothing: the title sits below the mode bar's
-    row (left-aligned), the legend on the right below that row ("right") or under the plot
-    ("below"). Returns the figure."""
-    title = fig.layout.title.text
-    top = MODEBAR_ROOM + (24 if title else 0)
-    margin = {k: v for k, v in (fig.layout.margin.to_plotly_json() or {}).items() if v is not None}
-    margin.update(t=top, l=margin.get("l", 10), r=margin.get("r", 10), b=margin.get("b", 10))
-    fig.update_layout(margin=margin)
-    if title:
-        fig.update_layout(title=dict(x=0, xanchor="left", xref="paper", y=1, yref="container", yanchor="top",
-                                     pad=dict(t=MODEBAR_ROOM - 6)))
-    if legend == "below":
-        fig.update_layout(legend=dict(orientation="h", x=0, xanchor="left", y=-0.2, yanchor="top"))
-    else:
-        fig.update_layout(legend=dict(x=1.02, xanchor="left", y=1, yanchor="top"))
-    return fig
-
-
-def show_figure(fig, key: str, target=None, legend: str = "right", **kwargs):
-    """tidy_figure, then st.plotly_chart (or target.plotly_chart) with the app's chart config."""
-    config = {**CHART_CONFIG, **kwargs.pop("config", {})}
-    return (target or st).plotly_chart(tidy_figure(fig, legend), key=key, config=config, **kwargs)
-
-
-def class_axis(fig, d, axis: str = "x") -> None:
-    """Label every class on a class axis (by name when the data has names); values are 0..C-1."""
-    names = [class_name(d, c) for c in range(d.ds.num_classes)]
-    ticks = [n if n == str(c) else f"{c}: {n}" for c, n in enumerate(names)]
-    update = fig.update_xaxes if axis == "x" else fig.update_yaxes
-    update(tickmode="array", tickvals=list(range(len(ticks))), ticktext=ticks)
-
-
-def map_figure(coords: np.ndarray, values, kind: str, title: str = "", customdata=None, hover=None,
-               categories=None, height: int = 560, colorscale: str = "Viridis", point_size: float | None = None,
-               showlegend: bool = True, colour_title: str = "", colours: dict | None = None):
-    """A WebGL scatter (go.Scattergl) of a 2-D map coloured by `values`.
-
-    kind "continuous": one trace and a colour bar titled `colour_title`. kind "categorical":
-    one trace per category (the legend toggles them), distinct qualitative colours (or
-    `colours`: value -> colour), larger categories drawn first so a small one stays on top;
-    `categories` maps value -> name. customdata (N, m) rides along with every point (column
-    0 must be the global example index: point indices are per trace). hover: a hovertemplate
-    using %{customdata[j]}.
-    """
-    import plotly.graph_objects as go
-
-    n = len(coords)
-    size = point_size or (6 if n < 3000 else 4 if n < 20000 else 3)
-    fig = go.Figure()
-    if customdata is None:
-        customdata = np.arange(n)[:, None]
-    if kind == "continuous":
-        vals = np.asarray(values, dtype=np.float64)
-        fig.add_trace(go.Scattergl(
-            x=coords[:, 0], y=coords[:, 1], mode="markers", customdata=customdata, hovertemplate=hover,
-            marker=dict(color=vals, colorscale=colorscale, size=size, showscale=True,
-                        colorbar=dict(thickness=12, title=dict(text=colour_title, side="right"))),
-            name="", showlegend=False))
-    else:
-        vals = np.asarray(values)
-        cats = categories or {v: str(v) for v in np.unique(vals)}
-        palette = dict(zip(cats, category_colours(len(cats))))
-        palette.update(colours or {})
-        members = {v: np.flatnonzero(vals == v) for v in cats}
-        for v in sorted(members, key=lambda v: -len(members[v])):  # big first: small ones on top
-            idx = members[v]
-            if len(idx) == 0:
-                continue
-            fig.add_trace(go.Scattergl(
-                x=coords[idx, 0], y=coords[idx, 1], mode="markers", customdata=customdata[idx],
-                hovertemplate=hover, marker=dict(size=size, color=palette[v]), name=str(cats[v]),
-                legendrank=list(cats).index(v)))
-    fig.update_layout(title=title or None, height=height, margin=dict(l=10, r=10, b=10),
-                      dragmode="lasso", showlegend=showlegend and kind != "continuous",
-                      legend=dict(itemsizing="constant"))
-    fig.update_xaxes(showticklabels=False, title=None)
-    fig.update_yaxes(showticklabels=False, title=None, scaleanchor="x", scaleratio=1)
-    return tidy_figure(fig)
-
-
-def selected_indices(event) -> list[int]:
-    """Global example indices of a plotly selection event (from customdata column 0)."""
-    if not event:
-        return []
-    sel = event.get("selection") if isinstance(event, dict) else getattr(event, "selection", None)
-    if not sel:
-        return []
-    points = sel.get("points", []) if isinstance(sel, dict) else getattr(sel, "points", [])
-    out = []
-    for p in points or []:
-        cd = p.get("customdata")
-        if isinstance(cd, dict):  # a row of a typed (base64) array arrives as {"0": v0, "1": v1, ...}
-            cd = cd.get("0", cd.get(0))
-        elif isinstance(cd, (list, tuple)):
-            cd = cd[0] if cd else None
-        if cd is None:
-            continue
-        out.append(int(cd))
-    return sorted(set(out))
-
-
 def parse_indices(text: str, n: int) -> list[int]:
     """'3, 10-12 7' -> [3, 7, 10, 11, 12]; InputError for anything else or out of range."""
     out = set()
@@ -564,4 +264,3 @@ def parse_indices(text: str, n: int) -> list[int]:
     if bad:
         raise InputError(f"index {bad[0]} is out of range: there are {n} examples (0..{n - 1})")
     return sorted(out)
-

@@ -7,7 +7,10 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
+from pages import _figures as F
+from pages import _store as S
 from pages import _ui as ui
+from prune_core import artifacts as A
 from prune_core import jobs as J
 from prune_core.errors import InputError
 from prune_core.noise import NoisyLabels, describe_noise
@@ -16,9 +19,9 @@ ui.ensure_app_frame(__file__)
 
 st.title("Data")
 
-s = ui.store()
+s = S.store()
 run_id = ui.current_run_id()
-has_data = run_id is not None and ui.data(run_id) is not None
+has_data = run_id is not None and S.data(run_id) is not None
 
 SOURCES = {
     "digits": "digits (built-in, 1,437 train / 360 test 8x8 images)",
@@ -143,7 +146,7 @@ with st.expander("New run from a dataset", expanded=not has_data):
             label = spec if not spec.startswith("npz:") or src != "upload" else f"upload {st.session_state['data_upload'].name}"
             new_id = s.create_run({"data": spec, "noise": noisy.spec, "seed": seed, "kind": "data"},
                                   name=name or f"{label}, {noisy.spec}")
-            J.save_data(s, new_id, ds, noisy, seed)
+            A.save_data(s, new_id, ds, noisy, seed)
             s.update_run(new_id, state="done", message="data loaded")
             ui.request_run(new_id)
             st.session_state["data_loaded_msg"] = (f"Loaded {ds.n_train} training examples ({ds.num_classes} classes) "
@@ -222,7 +225,7 @@ if run_id is None or not has_data:
         ui.show_jobs(run_id, key="data_jobs")
     st.stop()
 
-d = ui.data(run_id)
+d = S.data(run_id)
 info = d.info
 ds = d.ds
 n = ds.n_train
@@ -256,10 +259,10 @@ shown = np.sort(rng.choice(pool, size=min(count, len(pool)), replace=False)) if 
 
 
 def caption(i):
-    given = ui.class_name(d, int(d.y_noisy[i]))
+    given = F.class_name(d, int(d.y_noisy[i]))
     if d.y_clean is None:
         return f"#{i} given {given}"
-    clean = ui.class_name(d, int(d.y_clean[i]))
+    clean = F.class_name(d, int(d.y_clean[i]))
     return f"#{i} given {given}" + ("" if given == clean else f" ✗ clean {clean}")
 
 
@@ -270,14 +273,14 @@ with c1:
     st.subheader("Classes")
     given = np.bincount(d.y_noisy, minlength=c)
     classes = np.arange(c)
-    fig = go.Figure(go.Bar(x=classes, y=given, name="given (noisy)", marker_color=ui.QUALITATIVE[0]))
+    fig = go.Figure(go.Bar(x=classes, y=given, name="given (noisy)", marker_color=F.QUALITATIVE[0]))
     if d.y_clean is not None:
         fig.add_trace(go.Bar(x=classes, y=np.bincount(d.y_clean, minlength=c), name="clean",
-                             marker_color=ui.QUALITATIVE[1]))
+                             marker_color=F.QUALITATIVE[1]))
     fig.update_layout(barmode="group", height=360, margin=dict(l=10, r=10, b=10),
                       xaxis_title="class", yaxis_title="examples")
-    ui.class_axis(fig, d)
-    ui.show_figure(fig, "data_hist", legend="below")
+    F.class_axis(fig, d)
+    F.show_figure(fig, "data_hist", legend="below")
 with c2:
     st.subheader("Noise transition matrix")
     if d.transition is None:
@@ -290,9 +293,9 @@ with c2:
                                    hovertemplate="clean %{y} → given %{x}: %{z:.3f}<extra></extra>"))
         fig.update_layout(height=360, margin=dict(l=10, r=10, b=10), xaxis_title="given label",
                           yaxis_title="clean label", yaxis_autorange="reversed")
-        ui.class_axis(fig, d, "x")
-        ui.class_axis(fig, d, "y")
-        ui.show_figure(fig, "data_transition")
+        F.class_axis(fig, d, "x")
+        F.class_axis(fig, d, "y")
+        F.show_figure(fig, "data_transition")
 
 with st.expander("Per-class table"):
     tab = pd.DataFrame({"class": ds.class_names, "given": np.bincount(d.y_noisy, minlength=c)})

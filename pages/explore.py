@@ -4,6 +4,8 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
+from pages import _figures as F
+from pages import _store as S
 from pages import _ui as ui
 from prune_core import jobs as J
 from prune_core.errors import InputError
@@ -16,12 +18,12 @@ run_id = ui.need_run()
 d = ui.need_data(run_id)
 wu = ui.need_warmup(run_id)
 n = d.ds.n_train
-s = ui.store()
+s = S.store()
 
 # ---- which map
-umap_map = ui.projection(run_id, "umap")
-pca_map = ui.projection(run_id, "pca")
-umap_job = ui.manager().find(run_id, "umap", active_only=True)
+umap_map = S.projection(run_id, "umap")
+pca_map = S.projection(run_id, "pca")
+umap_job = S.manager().find(run_id, "umap", active_only=True)
 c1, c2 = st.columns([2, 3])
 with c1:
     options = (["UMAP"] if umap_map is not None else []) + ["PCA"]
@@ -51,11 +53,11 @@ else:
     coords = pca_2d(wu.embeddings)
 
 # ---- the selection shown (set on the Select page)
-cur = ui.current_selection(run_id)
-sl = ui.sliced(run_id, cur["key"], cur["keep_ratio"]) if cur else None
+cur = S.current_selection(run_id)
+sl = S.sliced(run_id, cur["key"], cur["keep_ratio"]) if cur else None
 sel = sl[0] if sl else None
-cov = ui.cover(run_id, sl[1]["graph"], cur["key"], cur["keep_ratio"]) if sl else None
-issues = ui.label_issues(run_id)
+cov = S.cover(run_id, sl[1]["graph"], cur["key"], cur["keep_ratio"]) if sl else None
+issues = S.label_issues(run_id)
 by_index = issues.sort_values("index")
 suggested = by_index["suggested_label"].to_numpy()
 suspect = by_index["is_issue"].to_numpy()
@@ -87,30 +89,30 @@ elif field == "clean label":
     kind, values, cats = "categorical", d.y_clean, names
 elif field == "noisy or not":
     kind, values, cats = "categorical", d.is_noisy.astype(int), {0: "label correct", 1: "label wrong"}
-    colours = {0: ui.QUIET, 1: "#d62728"}
+    colours = {0: F.QUIET, 1: "#d62728"}
 elif field == "selected vs dropped":
     mask = np.zeros(n, dtype=int)
     mask[sel.indices] = 1
     kind, values, cats = "categorical", mask, {0: "dropped", 1: "kept"}
-    colours = {0: ui.QUIET, 1: "#1f77b4"}
+    colours = {0: F.QUIET, 1: "#1f77b4"}
 else:
     kind, values, cats = "categorical", suspect.astype(int), {0: "label looks fine", 1: "suspected error"}
-    colours = {0: ui.QUIET, 1: "#d62728"}
+    colours = {0: F.QUIET, 1: "#d62728"}
 
 clean = d.y_clean if d.y_clean is not None else np.full(n, -1)
 custom = np.column_stack([np.arange(n), d.y_noisy, clean, np.round(conf, 3), pred, suggested]).astype(np.float32)
 hover = ("#%{customdata[0]}<br>given %{customdata[1]} · clean %{customdata[2]}<br>"
          "predicted %{customdata[4]} (conf %{customdata[3]:.2f}) · suggested %{customdata[5]}<extra></extra>")
-fig = ui.map_figure(coords, values, kind, customdata=custom, hover=hover, categories=cats, height=620,
-                    colorscale="Viridis", colour_title={"neighbourhood confidence C(x;S)": "C(x;S)"}.get(field, field),
-                    colours=colours)
-event = ui.show_figure(fig, "explore_map", on_select="rerun", selection_mode=("points", "box", "lasso"),
-                       config={"scrollZoom": True})
+fig = F.map_figure(coords, values, kind, customdata=custom, hover=hover, categories=cats, height=620,
+                   colorscale="Viridis", colour_title={"neighbourhood confidence C(x;S)": "C(x;S)"}.get(field, field),
+                   colours=colours)
+event = F.show_figure(fig, "explore_map", on_select="rerun", selection_mode=("points", "box", "lasso"),
+                      config={"scrollZoom": True})
 st.caption("Box or lasso points (toolbar, top right) to open them below. "
            + ("Labels are class numbers: " + ", ".join(names.values()) if any(":" in v for v in names.values()) else ""))
 
 # ---- gallery of the selected points
-picked = ui.selected_indices(event)
+picked = F.selected_indices(event)
 text = st.text_input("Or show examples by index", key="explore_indices", placeholder="e.g. 3, 17, 100-110")
 if not picked and text.strip():
     try:
@@ -127,10 +129,10 @@ if picked:
         kept[sel.indices] = True
     table = pd.DataFrame({
         "index": picked,
-        "given": [ui.class_name(d, int(d.y_noisy[i])) for i in picked],
-        "clean": [ui.class_name(d, int(clean[i])) if clean[i] >= 0 else "" for i in picked],
-        "predicted": [ui.class_name(d, int(pred[i])) for i in picked],
-        "suggested": [ui.class_name(d, int(suggested[i])) for i in picked],
+        "given": [F.class_name(d, int(d.y_noisy[i])) for i in picked],
+        "clean": [F.class_name(d, int(clean[i])) if clean[i] >= 0 else "" for i in picked],
+        "predicted": [F.class_name(d, int(pred[i])) for i in picked],
+        "suggested": [F.class_name(d, int(suggested[i])) for i in picked],
         "confidence": conf[picked],
         "C(x;S)": cov[picked] if cov is not None else np.nan,
         "kept": kept[picked],
@@ -139,9 +141,9 @@ if picked:
     show = picked[:limit]
     caps = []
     for i in show:
-        cap = f"#{i} given {ui.class_name(d, int(d.y_noisy[i]))} · pred {ui.class_name(d, int(pred[i]))}"
+        cap = f"#{i} given {F.class_name(d, int(d.y_noisy[i]))} · pred {F.class_name(d, int(pred[i]))}"
         if suggested[i] != d.y_noisy[i]:
-            cap += f" · sugg {ui.class_name(d, int(suggested[i]))}"
+            cap += f" · sugg {F.class_name(d, int(suggested[i]))}"
         caps.append(cap)
     ui.image_grid(d, show, caps, size=72, width=96)
     if len(picked) > limit:

@@ -7,6 +7,8 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
+from pages import _figures as F
+from pages import _store as S
 from pages import _ui as ui
 from prune_core import jobs as J
 
@@ -21,7 +23,7 @@ st.markdown(
     "subset on a 2-D map, compare methods across keep ratios, and inspect suspected label errors."
 )
 
-m = ui.manager()
+m = S.manager()
 s = m.store
 
 
@@ -80,16 +82,16 @@ if run_id is not None:
     run = s.get_run(run_id)
     st.subheader(f"Current run: {run['name']}")
     ui.show_jobs(run_id, key="home_jobs")
-    got = ui.projection(run_id)
-    wu = ui.warmup(run_id)
-    d = ui.data(run_id)
+    got = S.projection(run_id)
+    wu = S.warmup(run_id)
+    d = S.data(run_id)
     if got is not None and wu is not None and d is not None:
         coords, minfo = got
-        cur = ui.current_selection(run_id)
+        cur = S.current_selection(run_id)
         values, label, short = wu.probs.max(axis=1), "confidence (max softmax)", "confidence"
         if cur:
-            sl = ui.sliced(run_id, cur["key"], cur["keep_ratio"])
-            cov = ui.cover(run_id, sl[1]["graph"], cur["key"], cur["keep_ratio"]) if sl else None
+            sl = S.sliced(run_id, cur["key"], cur["keep_ratio"])
+            cov = S.cover(run_id, sl[1]["graph"], cur["key"], cur["keep_ratio"]) if sl else None
             if cov is not None:
                 values, short = cov, "C(x;S)"
                 label = f"C(x;S), {sl[1]['method']} {ui.keep_label(round(100 * cur['keep_ratio'], 2))}"
@@ -97,10 +99,10 @@ if run_id is not None:
         note = "" if name == "UMAP" else " (UMAP replaces it when ready)"
         n = len(coords)
         custom = np.column_stack([np.arange(n), d.y_noisy])
-        fig = ui.map_figure(coords, values, "continuous", title=f"{name} map coloured by {label}{note}",
-                            customdata=custom, hover="#%{customdata[0]} given %{customdata[1]}<extra></extra>",
-                            height=420, colour_title=short)
-        ui.show_figure(fig, "home_map")
+        fig = F.map_figure(coords, values, "continuous", title=f"{name} map coloured by {label}{note}",
+                           customdata=custom, hover="#%{customdata[0]} given %{customdata[1]}<extra></extra>",
+                           height=420, colour_title=short)
+        F.show_figure(fig, "home_map")
         st.caption("Open **Explore** to colour by other fields and lasso points; **Select** for the keep-ratio slider.")
     elif d is not None:
         st.caption("The map appears as soon as the warm-up has produced embeddings.")

@@ -4,6 +4,8 @@ import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
 
+from pages import _figures as F
+from pages import _store as S
 from pages import _ui as ui
 from prune_core import jobs as J
 from prune_core.label_errors import average_precision, corrections_frame, ranking_precision_recall
@@ -19,12 +21,12 @@ run_id = ui.need_run()
 d = ui.need_data(run_id)
 wu = ui.need_warmup(run_id)
 n = d.ds.n_train
-s = ui.store()
+s = S.store()
 
-gkey = ui.best_graph_key(run_id)
+gkey = S.best_graph_key(run_id)
 if gkey is None:
     st.warning("No neighbour graph yet: the ranking uses the model alone.")
-    if ui.manager().find(run_id, "graph", active_only=True) is None:
+    if S.manager().find(run_id, "graph", active_only=True) is None:
         if st.button("Build the neighbour graph (tau auto)", key="le_graph"):
             ui.submit(run_id, "graph", J.task_graph, {"tau": "auto"})
             st.rerun()
@@ -32,8 +34,8 @@ if gkey is None:
 
 alpha = st.slider("Weight of the model vs the neighbours", 0.0, 1.0, 0.5, step=0.05, key="le_alpha",
                   help="1: model only; 0: neighbour vote only")
-issues = ui.label_issues(run_id, alpha)
-g = ui.graph(run_id, gkey) if gkey else None
+issues = S.label_issues(run_id, alpha)
+g = S.graph(run_id, gkey) if gkey else None
 
 # ---- precision / recall against the ground truth
 if d.is_noisy is not None and d.is_noisy.any():
@@ -51,7 +53,7 @@ if d.is_noisy is not None and d.is_noisy.any():
                          go.Scatter(x=pr["k"], y=pr["recall"], mode="lines+markers", name="recall@k")])
         fig.add_vline(x=total, line_dash="dot")
         fig.update_layout(height=300, margin=dict(l=10, r=10, b=10), xaxis_title="top k", yaxis_range=[0, 1.02])
-        ui.show_figure(fig, "le_pr")
+        F.show_figure(fig, "le_pr")
         st.caption(f"{flagged:,} examples have a suggested label different from the given one.")
 else:
     st.caption("No ground truth for this data: precision and recall cannot be measured.")
@@ -87,11 +89,11 @@ for _, r in rows.iterrows():
         with c_img:
             ui.image_grid(d, [i], [f"#{i}"], size=72, width=88)
         c_info.markdown(f"**#{i}** · rank {int(r['rank']) + 1}  \n"
-                        f"given **{ui.class_name(d, given)}** → suggested **{ui.class_name(d, sugg)}** "
+                        f"given **{F.class_name(d, given)}** → suggested **{F.class_name(d, sugg)}** "
                         f"({r['confidence']:.2f})  \n"
                         f"model p[given] {1 - r['model_disagreement']:.2f} · neighbours agreeing "
                         + ("n/a" if np.isnan(r["neighbour_disagreement"]) else f"{1 - r['neighbour_disagreement']:.2f}")
-                        + (f"  \nclean label: {ui.class_name(d, int(d.y_clean[i]))}" if d.y_clean is not None else ""))
+                        + (f"  \nclean label: {F.class_name(d, int(d.y_clean[i]))}" if d.y_clean is not None else ""))
         with c_nb:
             if gcsr is not None:
                 lo, hi = gcsr.indptr[i], gcsr.indptr[i + 1]
@@ -100,7 +102,7 @@ for _, r in rows.iterrows():
                 nb, w = nb[keep], w[keep]
                 top = nb[np.argsort(-w, kind="stable")[:6]]
                 if len(top):
-                    ui.image_grid(d, top, [f"#{j} {ui.class_name(d, int(d.y_noisy[j]))}" for j in top], size=48, width=56)
+                    ui.image_grid(d, top, [f"#{j} {F.class_name(d, int(d.y_noisy[j]))}" for j in top], size=48, width=56)
                 else:
                     st.caption("no neighbours above tau")
         key = f"le_dec_{i}"

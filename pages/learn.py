@@ -4,6 +4,7 @@ import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
 
+from pages import _figures as F
 from pages import _ui as ui
 from prune_core.errors import InputError
 from prune_core.toy import greedy_trace, make_toy, toy_graph
@@ -96,7 +97,7 @@ with left:
                                  hoverinfo="skip"))
     fig.update_layout(height=580, margin=dict(l=10, r=10, b=10), title=f"after {step} pick(s)")
     fig.update_yaxes(scaleanchor="x", scaleratio=1)
-    ui.show_figure(fig, "learn_map", legend="below")
+    F.show_figure(fig, "learn_map", legend="below")
     st.caption("Red outline: the given label is wrong. Colour: C(x;S) after this step. Lines: the pick's neighbours.")
 with right:
     fig = go.Figure(go.Scatter(x=np.arange(tr.budget + 1), y=tr.objective, mode="lines+markers", name="F(S)"))
@@ -104,7 +105,7 @@ with right:
                              name="now"))
     fig.update_layout(height=300, margin=dict(l=10, r=10, b=10), title="objective F(S) vs step",
                       xaxis_title="step", showlegend=False)
-    ui.show_figure(fig, "learn_objective")
+    F.show_figure(fig, "learn_objective")
     if step >= 1:
         p = int(tr.picks[step - 1])
         st.metric("Objective F(S)", f"{tr.objective[step]:.2f}", delta=f"+{tr.gains[step - 1]:.3f} this step")

@@ -6,7 +6,10 @@ import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
 
+from pages import _figures as F
+from pages import _store as S
 from pages import _ui as ui
+from prune_core import artifacts as A
 from prune_core import jobs as J
 from prune_core.errors import InputError
 from prune_core.metrics import selection_metrics
@@ -24,11 +27,11 @@ d = ui.need_data(run_id)
 wu = ui.need_warmup(run_id)
 n = d.ds.n_train
 C = d.ds.num_classes
-s = ui.store()
+s = S.store()
 
 methods = list_methods()
-cur = ui.current_selection(run_id)
-cur_info = ui.selection(run_id, cur["key"])[1] if cur and ui.selection(run_id, cur["key"]) else None
+cur = S.current_selection(run_id)
+cur_info = S.selection(run_id, cur["key"])[1] if cur and S.selection(run_id, cur["key"]) else None
 STANDARD = ("tau", "eta", "mode", "confidence", "k")
 
 # ---- controls
@@ -91,11 +94,11 @@ except InputError as e:
     st.error(str(e))
     st.stop()
 
-stored = ui.selection(run_id, plan["key"])
-job = ui.manager().find(run_id, "select", key=plan["key"], active_only=True)
+stored = S.selection(run_id, plan["key"])
+job = S.manager().find(run_id, "select", key=plan["key"], active_only=True)
 
 if stored is None and job is None:
-    same_params = [x for x in J.list_selections(s, run_id)
+    same_params = [x for x in A.list_selections(s, run_id)
                    if x["method"] == method and x.get("plan_params") == plan["params"] and x["seed"] == int(seed)
                    and x["graph"] == plan["graph"]]
     if not plan["nested"] and same_params:
@@ -117,11 +120,11 @@ ui.show_jobs(run_id, kinds=("select", "demo"), key="select_jobs",
              failed_filter=lambda j: j["kind"] == "demo" or j["key"] == plan["key"])
 
 # ---- results: this plan's selection, else the last one shown
-shown_key = plan["key"] if stored is not None else (cur["key"] if cur and ui.selection(run_id, cur["key"]) else None)
+shown_key = plan["key"] if stored is not None else (cur["key"] if cur and S.selection(run_id, cur["key"]) else None)
 if shown_key is None:
     st.stop()
 shown_ratio = keep_ratio
-got = ui.selection(run_id, shown_key)
+got = S.selection(run_id, shown_key)
 full, sinfo = got
 if not full.nested:
     shown_ratio = full.keep_ratio
@@ -129,10 +132,10 @@ if shown_key != plan["key"]:
     st.info(f"Showing the last computed selection ({sinfo['method']}, {ui.keep_label(100 * shown_ratio)}) "
             "until you run the one set above.")
 else:
-    ui.set_current_selection(run_id, shown_key, shown_ratio)
+    S.set_current_selection(run_id, shown_key, shown_ratio)
 
-sel, _ = ui.sliced(run_id, shown_key, shown_ratio)
-g = ui.graph(run_id, sinfo["graph"])
+sel, _ = S.sliced(run_id, shown_key, shown_ratio)
+g = S.graph(run_id, sinfo["graph"])
 graph, ginfo = g if g else (None, {})
 conf_kind = sinfo.get("params", {}).get("confidence", "maxprob")
 from prune_core.scores import confidence as confidence_of  # noqa: E402
@@ -174,14 +177,14 @@ with c1:
     bal = sinfo.get("params", {}).get("balance", "none")
     quota = np.minimum(sizes, sel.budget / C) if bal == "equal" else sel.budget * sizes / max(1, sizes.sum())
     classes = np.arange(C)
-    fig = go.Figure([go.Bar(x=classes, y=kept, name="kept", marker_color=ui.QUALITATIVE[0]),
+    fig = go.Figure([go.Bar(x=classes, y=kept, name="kept", marker_color=F.QUALITATIVE[0]),
                      go.Scatter(x=classes, y=quota, mode="markers",
-                                marker=dict(symbol="line-ew-open", size=24, color=ui.QUALITATIVE[1]),
+                                marker=dict(symbol="line-ew-open", size=24, color=F.QUALITATIVE[1]),
                                 name="quota (equal)" if bal == "equal" else "quota (proportional share)")])
     fig.update_layout(title="Kept per (given-label) class vs quota", height=340, margin=dict(l=10, r=10, b=10),
                       xaxis_title="given label", yaxis_title="examples")
-    ui.class_axis(fig, d)
-    ui.show_figure(fig, "select_class_counts", legend="below")
+    F.class_axis(fig, d)
+    F.show_figure(fig, "select_class_counts", legend="below")
 with c2:
     if full.gains is not None and full.nested:
         curve = np.cumsum(full.gains)
@@ -191,7 +194,7 @@ with c2:
         fig.add_vline(x=100 * sel.budget / n, line_dash="dash")
         fig.update_layout(title="Objective vs keep ratio (%)", height=340, margin=dict(l=10, r=10, b=10),
                           xaxis_title="keep %", yaxis_title="F(S)", xaxis_range=[0, 100])
-        ui.show_figure(fig, "select_objective")
+        F.show_figure(fig, "select_objective")
     else:
         st.caption("This method has no objective curve (a score ranking).")
 
@@ -205,9 +208,9 @@ if other != "(none)":
     except InputError as e:
         st.error(str(e))
         st.stop()
-    got2 = ui.sliced(run_id, plan2["key"], shown_ratio)
+    got2 = S.sliced(run_id, plan2["key"], shown_ratio)
     if got2 is None:
-        if ui.manager().find(run_id, "select", key=plan2["key"], active_only=True) is None:
+        if S.manager().find(run_id, "select", key=plan2["key"], active_only=True) is None:
             st.button(f"Run {other}", key="select_compare_run",
                       on_click=lambda: ui.submit(run_id, "select", J.task_select,
                                                  {"method": other, "params": plan2["params"], "keep_ratio": shown_ratio,
@@ -224,7 +227,7 @@ if other != "(none)":
         for col, m_, name in ((cols[2], met, sel.method), (cols[3], met2, other)):
             v = m_.get("noise_rate_subset")
             col.metric(f"Wrong labels kept: {name}", "unknown" if v is None else f"{100 * v:.1f}%")
-        mp = ui.projection(run_id)
+        mp = S.projection(run_id)
         if mp is not None:
             coords = mp[0]
             custom = np.arange(n)[:, None]
@@ -232,11 +235,11 @@ if other != "(none)":
             for col, sx, name, k in ((m1, sel, sel.method, "select_map_a"), (m2, sel2, other, "select_map_b")):
                 mask = np.zeros(n, dtype=int)
                 mask[sx.indices] = 1
-                fig = ui.map_figure(coords, mask, "categorical", title=f"{name}: kept vs dropped", customdata=custom,
-                                    categories={0: "dropped", 1: "kept"}, height=380,
-                                    colours={0: ui.QUIET, 1: ui.QUALITATIVE[0]},
-                                    hover="#%{customdata[0]}<extra></extra>")
-                ui.show_figure(fig, k, target=col)
+                fig = F.map_figure(coords, mask, "categorical", title=f"{name}: kept vs dropped", customdata=custom,
+                                   categories={0: "dropped", 1: "kept"}, height=380,
+                                   colours={0: F.QUIET, 1: F.QUALITATIVE[0]},
+                                   hover="#%{customdata[0]}<extra></extra>")
+                F.show_figure(fig, k, target=col)
 
 # ---- downloads
 st.subheader("Export")
@@ -244,12 +247,12 @@ st.subheader("Export")
 
 @st.cache_data(max_entries=8, show_spinner=False)
 def csv_bytes(run: str, key: str, ratio: float, versions: tuple) -> bytes:
-    return J.selection_csv(sel, d.y_noisy, d.y_clean, conf, d.ds.label_values)
+    return A.selection_csv(sel, d.y_noisy, d.y_clean, conf, d.ds.label_values)
 
 
 @st.cache_data(max_entries=8, show_spinner=False)
 def manifest_bytes(run: str, key: str, ratio: float, versions: tuple) -> bytes:
-    man = J.selection_manifest(s, run_id, key, ratio, metrics=met)
+    man = A.selection_manifest(s, run_id, key, ratio, metrics=met)
     from prune_core.runstore import to_json
 
     return to_json(man).encode()
@@ -261,7 +264,7 @@ c1.download_button("Download selection CSV", data=csv_bytes(run_id, shown_key, s
                    file_name=f"{stem}.csv", mime="text/csv", key="select_download_csv",
                    help="One row per training example (N rows): index, rank (-1 when dropped), selected (1/0), "
                         "given_label, clean_label, confidence")
-c2.download_button("Download selection NPY", data=J.selection_npy(sel), file_name=f"{stem}.npy",
+c2.download_button("Download selection NPY", data=A.selection_npy(sel), file_name=f"{stem}.npy",
                    mime="application/octet-stream", key="select_download_npy",
                    help="The kept indices in pick order, int64")
 c3.download_button("Download manifest JSON", data=manifest_bytes(run_id, shown_key, shown_ratio, versions),

@@ -3,7 +3,10 @@
 import pandas as pd
 import streamlit as st
 
+from pages import _figures as F
+from pages import _store as S
 from pages import _ui as ui
+from prune_core import artifacts as A
 from prune_core import jobs as J
 from prune_core.errors import InputError
 from prune_core.selection import budget_for, list_methods
@@ -19,8 +22,8 @@ st.caption("For every method, keep ratio and seed: select the subset, train the 
 
 run_id = ui.need_run()
 d = ui.need_data(run_id)
-s = ui.store()
-if J.is_model_outputs(ui.warmup(run_id)):
+s = S.store()
+if A.is_model_outputs(S.warmup(run_id)):
     st.info("Model outputs: this sweep can only select (learner none, seed 0); training a learner needs a dataset "
             "and a warm-up.")
 
@@ -111,7 +114,7 @@ def draw(rows: list, key: str):
             # Fixed axes: one live point (or one keep ratio) keeps a readable scale.
             fig.update_xaxes(range=[0, 1.02])
             fig.update_yaxes(range=[0, 1.02])
-            ui.show_figure(fig, f"{key}_{metric}", target=col, legend="below")
+            F.show_figure(fig, f"{key}_{metric}", target=col, legend="below")
 
 
 def live(job):
@@ -120,7 +123,7 @@ def live(job):
 
 active = ui.show_jobs(run_id, kinds=("sweep",), key="sweep_jobs", extra=live)
 
-sweeps = J.list_sweeps(s, run_id)
+sweeps = A.list_sweeps(s, run_id)
 if not sweeps:
     st.stop()
 st.subheader("Results")

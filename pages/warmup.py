@@ -4,7 +4,10 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
+from pages import _figures as F
+from pages import _store as S
 from pages import _ui as ui
+from prune_core import artifacts as A
 from prune_core import jobs as J
 
 ui.ensure_app_frame(__file__)
@@ -15,7 +18,7 @@ st.caption("A short cross-entropy training on the noisy labels, stopped before t
 
 run_id = ui.need_run()
 d = ui.need_data(run_id)
-if J.is_model_outputs(ui.warmup(run_id)):
+if A.is_model_outputs(S.warmup(run_id)):
     st.info("This run holds model outputs you supplied (probabilities and embeddings stand in for a warm-up): "
             "there is nothing to train here; use Select, Explore and Label errors.")
     st.stop()
@@ -63,7 +66,7 @@ except Exception as e:  # noqa: BLE001
     device_ok = False
 seed = st.number_input("Seed", min_value=0, value=0, step=1, key="warmup_seed")
 
-wu = ui.warmup(run_id)
+wu = S.warmup(run_id)
 if wu is not None:
     st.caption("A new warm-up replaces this run's warm-up, and with it its graphs, selections and maps "
                "(kept until the new warm-up has finished).")
@@ -87,13 +90,13 @@ def curves(history: list[dict], key: str, epochs: int | None = None):
     fig.update_layout(height=280, margin=dict(l=10, r=10, b=10), title="loss (noisy labels)",
                       yaxis_rangemode="tozero")
     fig.update_xaxes(**epoch_axis)
-    ui.show_figure(fig, f"{key}_loss", target=c1)
+    F.show_figure(fig, f"{key}_loss", target=c1)
     fig = go.Figure(go.Scatter(x=h["epoch"], y=h["train_acc"], mode="lines+markers", name="train acc (noisy)"))
     if "test_acc" in h and h["test_acc"].notna().any():
         fig.add_trace(go.Scatter(x=h["epoch"], y=h["test_acc"], mode="lines+markers", name="test acc"))
     fig.update_layout(height=280, margin=dict(l=10, r=10, b=10), title="accuracy", yaxis_range=[0, 1.02])
     fig.update_xaxes(**epoch_axis)
-    ui.show_figure(fig, f"{key}_acc", target=c2, legend="below")
+    F.show_figure(fig, f"{key}_acc", target=c2, legend="below")
 
 
 def live(job):

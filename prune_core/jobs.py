@@ -1,19 +1,9 @@
-"""Background jobs for long work (warm-up, graph, selection, UMAP, sweep) and the stage tasks.
+"""The stage tasks of a run: load, warm-up, maps, graph, selection, demo and sweep.
 
-A process-wide `JobManager` runs each job on its own thread (torch, faiss and numba release
-the GIL), with progress reports and a cooperative cancel token (`threading.Event`, passed to
-the library as ``cancel``). Every state change is mirrored in the run store's SQLite index,
-so a job outlives the browser session that started it: page switches and reloads only
-re-read its state. Submitting the same (run, kind, key) while such a job is queued or
-running returns the existing job instead of starting a second one. A job that fails records
-its error message; results it had not finished are never written (bundles are replaced
-atomically), so earlier results stay intact. At start-up the manager marks jobs that an
-earlier server process left 'running' as failed ("interrupted").
-
-The stage tasks below (`task_warmup`, `task_select`, `task_maps`, `task_demo`, ...) are plain
-functions ``task(ctx, **params)``: they read inputs from the run store, call the library and
-save their results as bundles. They do not import Streamlit and can be run synchronously
-with `run_task` (tests, scripts).
+Each task is a plain function ``task(ctx, **params)`` taking a `job_engine.JobContext`: it
+reads its inputs from the run store (`artifacts`), calls the library and saves its results
+as bundles. Tasks run as background jobs of a `job_engine.JobManager`, or synchronously with
+`job_engine.run_task` (tests, scripts). They do not import Streamlit.
 """
 
 from __future__ import annotations
@@ -21,379 +11,21 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import io
-import json
-import logging
 import os
-import threading
 import time
-import traceback
 from types import SimpleNamespace
 from typing import Callable
 
 import numpy as np
 
+from .artifacts import (DERIVED_PREFIXES, MODEL_OUTPUTS, current_bundle, is_model_outputs, load_data, load_graph,
+                        load_warmup, save_data, save_knn_lists)
 from .errors import Cancelled, InputError, check_cancel
-from .runstore import ACTIVE_STATES, RunStore, load_sparse, save_sparse
+from .job_engine import JobContext, JobManager, error_message, params_key
+from .runstore import RunStore, save_sparse
 
-log = logging.getLogger(__name__)
 
-DB_WRITE_EVERY_S = 0.5  # progress is mirrored to SQLite at most this often (and on every record)
-
-
-def params_key(params: dict | None) -> str:
-    """A short stable hash of JSON-able params (sorted keys)."""
-    text = json.dumps(params or {}, sort_keys=True, default=str)
-    return hashlib.sha1(text.encode()).hexdigest()[:12]
-
-
-# --------------------------------------------------------------------------- job manager
-
-
-class JobContext:
-    """What a running task gets: the store, its run, a cancel token and progress reporting."""
-
-    def __init__(self, manager: "JobManager | None", store: RunStore, job_id: str | None, run_id: str | None,
-                 cancel: threading.Event | None = None, progress_fn: Callable | None = None):
-        self.manager = manager
-        self.store = store
-        self.job_id = job_id
-        self.run_id = run_id
-        self.cancel = cancel or threading.Event()
-        self._progress_fn = progress_fn
-        self.fraction = 0.0
-        self.message = ""
-        self.records: list[dict] = []
-
-    def progress(self, fraction: float, message: str = "", metrics: dict | None = None) -> None:
-        self.fraction = float(min(1.0, max(0.0, fraction)))
-        self.message = message or self.message
-        if self._progress_fn:
-            self._progress_fn(self.fraction, self.message, None)
-
-    def record(self, item: dict) -> None:
-        """Append a record (an epoch of a curve, a row of a sweep) to the job's history."""
-        self.records.append(dict(item))
-        if self._progress_fn:
-            self._progress_fn(self.fraction, self.message, self.records)
-
-    def stage(self, lo: float, hi: float, prefix: str = "") -> Callable:
-        """A progress(fraction, message, metrics) callback mapping 0..1 into lo..hi."""
-
-        def inner(fraction, message="", metrics=None):
-            check_cancel(self.cancel)
-            self.progress(lo + (hi - lo) * float(fraction), (prefix + message) if message else prefix.rstrip(": "))
-
-        return inner
-
-    def check(self) -> None:
-        check_cancel(self.cancel)
-
-
-class _Live:
-    def __init__(self, job_id, run_id, kind, key):
-        self.job_id, self.run_id, self.kind, self.key = job_id, run_id, kind, key
-        self.cancel = threading.Event()
-        self.thread: threading.Thread | None = None
-        self.state = "queued"
-        self.progress = 0.0
-        self.message = "queued"
-        self.records: list[dict] = []
-        self.last_db_write = 0.0
-
-
-class JobManager:
-    """Runs tasks off the caller's thread; state in memory and in the store's SQLite index.
-
-    max_running: how many jobs compute at once (others wait, state 'queued'): on a 2-core
-    machine two parallel trainings only slow each other down.
-    """
-
-    def __init__(self, store: RunStore, max_running: int = 2, recover: bool = True):
-        self.store = store
-        self._lock = threading.RLock()
-        self._live: dict[str, _Live] = {}
-        self._slots = threading.BoundedSemaphore(max(1, int(max_running)))
-        self.interrupted = store.mark_interrupted() if recover else 0
-
-    # ---- submit / query / cancel
-
-    def submit(self, run_id: str | None, kind: str, fn: Callable, params: dict | None = None,
-               key: str | None = None) -> str:
-        """Start `fn(ctx, **params)` on a thread; returns the job id.
-
-        The same (run_id, kind, key) while a job is queued or running returns that job
-        (no duplicate). `key` defaults to a hash of `params`.
-        """
-        params = dict(params or {})
-        key = key if key is not None else params_key(params)
-        with self._lock:
-            for live in self._live.values():
-                if (live.run_id, live.kind, live.key) == (run_id, kind, key) and live.state in ACTIVE_STATES:
-                    return live.job_id
-            job_id = self.store.create_job(run_id, kind, key, params)
-            live = _Live(job_id, run_id, kind, key)
-            self._live[job_id] = live
-            live.thread = threading.Thread(target=self._run, args=(live, fn, params), daemon=True,
-                                           name=f"job-{kind}-{job_id}")
-            live.thread.start()
-        return job_id
-
-    def get(self, job_id: str) -> dict | None:
-        """The job's state: the store's row, with the live progress when it runs here."""
-        row = self.store.get_job(job_id)
-        if row is None:
-            return None
-        live = self._live.get(job_id)
-        if live is not None and live.state in ACTIVE_STATES:
-            row.update(state=live.state, progress=live.progress, message=live.message, metrics=list(live.records))
-        return row
-
-    def find(self, run_id: str | None, kind: str | None = None, key: str | None = None,
-             active_only: bool = False) -> dict | None:
-        """The newest job of a run (of a kind, with a key), or None."""
-        states = ACTIVE_STATES if active_only else None
-        for row in self.store.list_jobs(run_id=run_id, kind=kind, states=states, limit=50):
-            if key is None or row["key"] == key:
-                return self.get(row["id"])
-        return None
-
-    def active(self, run_id: str | None = None, kind: str | None = None) -> list[dict]:
-        """Queued or running jobs (optionally of one run / kind), newest first."""
-        with self._lock:
-            ids = [j.job_id for j in self._live.values() if j.state in ACTIVE_STATES
-                   and (run_id is None or j.run_id == run_id) and (kind is None or j.kind == kind)]
-        rows = [self.get(i) for i in ids]
-        return sorted([r for r in rows if r], key=lambda r: r["created"], reverse=True)
-
-    def cancel(self, job_id: str) -> bool:
-        """Ask a job to stop (it stops at its next check). True when it was active."""
-        live = self._live.get(job_id)
-        if live is None or live.state not in ACTIVE_STATES:
-            return False
-        live.cancel.set()
-        live.message = "cancelling..."
-        return True
-
-    def wait(self, job_id: str, timeout: float | None = None) -> dict | None:
-        """Block until the job ends (or timeout); returns its state."""
-        live = self._live.get(job_id)
-        if live is not None and live.thread is not None:
-            live.thread.join(timeout)
-        return self.get(job_id)
-
-    # ---- the worker
-
-    def _write(self, live: _Live, force: bool = False, **extra) -> None:
-        now = time.monotonic()
-        if not force and now - live.last_db_write < DB_WRITE_EVERY_S:
-            return
-        live.last_db_write = now
-        try:
-            self.store.update_job(live.job_id, state=live.state, progress=live.progress, message=live.message,
-                                  metrics=live.records, **extra)
-        except Exception:  # noqa: BLE001 - a busy database must not kill the job
-            log.exception("could not mirror job %s to the run store", live.job_id)
-
-    def _set_run_state(self, live: _Live, state: str, message: str) -> None:
-        """Mirror a job's state on its run: 'running' while any job runs, then the run's own state.
-
-        A failed or cancelled step fails only itself: a run that already holds its data stays
-        'done' (the message names the failed step); only a run left without any result takes
-        the job's state.
-        """
-        if not live.run_id:
-            return
-        try:
-            if state in ACTIVE_STATES:
-                self.store.update_run(live.run_id, state="running", message=message)
-                return
-            others = [j for j in self._live.values() if j.run_id == live.run_id and j is not live
-                      and j.state in ACTIVE_STATES]
-            if not others and self.store.get_run(live.run_id) is not None:
-                usable = self.store.has_bundle(live.run_id, "data")
-                self.store.update_run(live.run_id, state="done" if state == "done" or usable else state,
-                                      message=message)
-        except Exception:  # noqa: BLE001
-            log.exception("could not update run %s", live.run_id)
-
-    def _run(self, live: _Live, fn: Callable, params: dict) -> None:
-        def on_progress(fraction, message, records):
-            live.progress = fraction
-            live.message = message
-            if records is not None:
-                live.records = list(records)
-            self._write(live, force=records is not None)
-
-        ctx = JobContext(self, self.store, live.job_id, live.run_id, live.cancel, on_progress)
-        acquired = False
-        try:
-            while not acquired:
-                if live.cancel.is_set():
-                    raise Cancelled("cancelled before it started")
-                acquired = self._slots.acquire(timeout=0.2)
-            live.state, live.message = "running", "started"
-            self._write(live, force=True, started=time.time())
-            self._set_run_state(live, "running", f"{live.kind} running")
-            fn(ctx, **params)
-            check_cancel(live.cancel)
-            live.state, live.progress, live.message = "done", 1.0, ctx.message or "done"
-            self._write(live, force=True, finished=time.time())
-            self._set_run_state(live, "done", f"{live.kind} done")
-        except Cancelled:
-            live.state, live.message = "cancelled", "cancelled"
-            self._write(live, force=True, finished=time.time())
-            self._set_run_state(live, "cancelled", f"{live.kind} cancelled")
-        except BaseException as e:  # noqa: BLE001 - every failure is recorded, none escapes the thread
-            error = error_message(e)
-            if not isinstance(e, InputError):
-                log.error("job %s (%s) failed:\n%s", live.job_id, live.kind, traceback.format_exc())
-            live.state, live.message = "failed", error
-            self._write(live, force=True, finished=time.time(), error=error)
-            self._set_run_state(live, "failed", f"{live.kind} failed: {error}")
-        finally:
-            if acquired:
-                self._slots.release()
-
-
-def error_message(e: BaseException) -> str:
-    """One line for the user: InputError text as is, else 'Type: first line'."""
-    text = str(e).strip().splitlines()[0] if str(e).strip() else ""
-    if isinstance(e, InputError):
-        return text or "bad input"
-    return f"{type(e).__name__}: {text}" if text else type(e).__name__
-
-
-def run_task(store: RunStore, run_id: str | None, fn: Callable, **params):
-    """Run a task synchronously on the calling thread (tests, scripts). Returns its result."""
-    ctx = JobContext(None, store, None, run_id)
-    return fn(ctx, **params)
-
-
-# --------------------------------------------------------------------------- reading results
-
-
-DERIVED_PREFIXES = ("graphs", "selections", "maps", "knn")
-
-
-def load_data(store: RunStore, run_id: str):
-    """The run's dataset and labels as a namespace, or None before data is saved.
-
-    Fields: ds (a prune_core Dataset), y_noisy, y_clean (or None), is_noisy (or None),
-    transition (or None), info (the bundle's info), version.
-    """
-    from .data import Dataset
-
-    b = store.load_bundle(run_id, "data")
-    if b is None:
-        return None
-    info = b.info
-    ds = Dataset(
-        x_train=b.array("x_train"), y_train=b.array("y_given", mmap=False),
-        y_train_clean=b.array("y_train_clean", mmap=False),
-        x_test=b.array("x_test"), y_test=b.array("y_test", mmap=False),
-        num_classes=int(info["num_classes"]), class_names=list(info["class_names"]), name=info.get("spec", ""),
-        label_values=None if info.get("label_values") is None else np.asarray(info["label_values"], dtype=np.int64),
-    )
-    return SimpleNamespace(ds=ds, y_noisy=b.array("y_noisy", mmap=False), y_clean=b.array("y_clean", mmap=False),
-                           is_noisy=b.array("is_noisy", mmap=False), transition=b.array("transition", mmap=False),
-                           info=info, version=b.version)
-
-
-def load_warmup(store: RunStore, run_id: str):
-    """Warm-up outputs (probs, embeddings, losses, forgetting, test_probs, info) or None."""
-    b = store.load_bundle(run_id, "warmup")
-    if b is None:
-        return None
-    return SimpleNamespace(probs=b.array("probs", mmap=False), embeddings=b.array("embeddings", mmap=False),
-                           losses=b.array("losses", mmap=False), forgetting=b.array("forgetting", mmap=False),
-                           test_probs=b.array("test_probs", mmap=False), info=b.info, id=b.info.get("id"),
-                           version=b.version)
-
-
-def _current(store: RunStore, run_id: str, bundle: str):
-    """A derived bundle, only when it was computed from the current warm-up."""
-    b = store.load_bundle(run_id, bundle)
-    if b is None:
-        return None
-    wu = store.load_bundle(run_id, "warmup")
-    if wu is None or b.info.get("warmup_id") != wu.info.get("id"):
-        return None
-    return b
-
-
-def graph_key(k: int | None, tau) -> str:
-    tau_text = "auto" if str(tau).strip().lower() == "auto" else f"{float(tau):.6g}"
-    return f"k{k}_tau{tau_text}"
-
-
-def load_graph(store: RunStore, run_id: str, key: str):
-    """(graph CSR, info dict) for a graph key of the current warm-up, or None."""
-    b = _current(store, run_id, f"graphs/{key}")
-    if b is None:
-        return None
-    return load_sparse(b, "graph"), b.info
-
-
-def list_selections(store: RunStore, run_id: str) -> list[dict]:
-    """Info of the stored selections of the current warm-up, newest first (with 'bundle')."""
-    out = []
-    for name in store.list_bundles(run_id, "selections"):
-        b = _current(store, run_id, name)
-        if b is not None:
-            out.append({**b.info, "bundle": name})
-    return sorted(out, key=lambda d: d.get("saved", 0), reverse=True)
-
-
-def load_selection(store: RunStore, run_id: str, key: str):
-    """A stored ranking as a `Selection` (the full stored budget) plus its info, or None."""
-    from .selection import Selection
-
-    b = _current(store, run_id, f"selections/{key}")
-    if b is None:
-        return None
-    info = b.info
-    sel = Selection(method=info["method"], indices=b.array("indices", mmap=False), n=int(info["n"]),
-                    keep_ratio=float(info["keep_ratio"]), gains=b.array("gains", mmap=False),
-                    scores=b.array("scores", mmap=False), objective=info.get("objective"),
-                    seconds=float(info.get("seconds", 0.0)), params=info.get("params", {}),
-                    nested=bool(info.get("nested", True)))
-    return sel, info
-
-
-def load_map(store: RunStore, run_id: str, which: str = "best"):
-    """(coords (N, 2), info) of 'umap', 'pca' or 'best' (UMAP when ready, else PCA), or None."""
-    names = ("umap", "pca") if which == "best" else (which,)
-    for name in names:
-        b = _current(store, run_id, f"maps/{name}")
-        if b is not None:
-            return b.array("coords", mmap=False), {**b.info, "name": name}
-    return None
-
-
-# --------------------------------------------------------------------------- stage tasks
-
-
-def save_data(store: RunStore, run_id: str, ds, noisy, seed: int = 0) -> None:
-    """Store a loaded dataset and its (noisy) labels as the run's 'data' bundle.
-
-    Later results (warm-up and everything derived) are removed: they belonged to other data.
-    """
-    arrays = {"x_train": ds.x_train, "y_given": ds.y_train, "y_train_clean": ds.y_train_clean,
-              "x_test": ds.x_test, "y_test": ds.y_test, "y_noisy": noisy.y_noisy, "y_clean": noisy.y_clean,
-              "is_noisy": noisy.is_noisy, "transition": noisy.transition}
-    info = {**ds.summary(), "spec": ds.name, "noise": noisy.spec, "noise_rate": noisy.noise_rate,
-            "n_noisy": noisy.n_noisy, "seed": int(seed)}
-    store.save_bundle(run_id, "data", arrays, info)
-    for name in ["warmup", *DERIVED_PREFIXES]:
-        store.delete_bundle(run_id, name)
-
-
-MODEL_OUTPUTS = "model outputs"  # the 'warmup' bundle's info["source"] for outputs a user supplied
-
-
-def is_model_outputs(wu) -> bool:
-    """True when a run's warm-up bundle (`load_warmup`) holds model outputs a user supplied."""
-    return wu is not None and (wu.info or {}).get("source") == MODEL_OUTPUTS
+# --------------------------------------------------------------------------- making a run
 
 
 def save_model_outputs(store: RunStore, run_id: str, outputs, images=None, seed: int = 0) -> None:
@@ -509,6 +141,9 @@ def task_pca(ctx: JobContext) -> None:
                           {"method": "pca", "seconds": time.perf_counter() - t, "warmup_id": wu.id})
 
 
+# --------------------------------------------------------------------------- neighbour graph and selection
+
+
 def ensure_graph(ctx: JobContext, k: int | None = None, tau="auto", search: str = "auto", seed: int = 0,
                  progress: Callable | None = None):
     """(graph, info, key): the stored graph for (k, tau) of the current warm-up, built if missing."""
@@ -534,31 +169,20 @@ def ensure_graph(ctx: JobContext, k: int | None = None, tau="auto", search: str 
                                                       progress=progress, cancel=ctx.cancel)
     info = {**ginfo.to_dict(), "warmup_id": wu.id, "key": key}
     ctx.store.save_bundle(ctx.run_id, f"graphs/{key}", save_sparse("graph", graph), info)
-    if ids is not None and _current(ctx.store, ctx.run_id, "knn") is None:
+    if ids is not None and current_bundle(ctx.store, ctx.run_id, "knn") is None:
         save_knn_lists(ctx.store, ctx.run_id, ids, cos, wu.id, source=f"graph {key} ({ginfo.search})")
     return graph, info, key
-
-
-UMAP_KNN_COLUMNS = 31  # self + 30 neighbours kept from the graph's search for UMAP
-
-
-def save_knn_lists(store: RunStore, run_id: str, ids: np.ndarray, cos: np.ndarray, warmup_id: str,
-                   source: str = "") -> None:
-    """Keep the graph search's kNN lists in umap-learn's layout ('knn'): self first, cosine distances."""
-    n = ids.shape[0]
-    m = min(UMAP_KNN_COLUMNS - 1, ids.shape[1])
-    knn_ids = np.concatenate([np.arange(n, dtype=np.int64)[:, None], ids[:, :m].astype(np.int64)], axis=1)
-    dists = np.clip(1.0 - cos[:, :m], 0.0, 2.0).astype(np.float32)
-    dists[ids[:, :m] < 0] = np.inf
-    knn_dists = np.concatenate([np.zeros((n, 1), np.float32), dists], axis=1)
-    store.save_bundle(run_id, "knn", {"ids": knn_ids, "dists": knn_dists},
-                      {"k": int(knn_ids.shape[1]), "warmup_id": warmup_id, "source": source})
 
 
 def task_graph(ctx: JobContext, k: int | None = None, tau="auto", search: str = "auto", seed: int = 0) -> None:
     ctx.progress(0.0, "building the neighbour graph")
     _, info, key = ensure_graph(ctx, k, tau, search, seed, ctx.stage(0.0, 1.0, "graph: "))
     ctx.progress(1.0, f"graph {key}: tau {info['tau']:.4f}, median degree {info['median_degree']:.0f}")
+
+
+def graph_key(k: int | None, tau) -> str:
+    tau_text = "auto" if str(tau).strip().lower() == "auto" else f"{float(tau):.6g}"
+    return f"k{k}_tau{tau_text}"
 
 
 def method_params(method: str, params: dict | None) -> dict:
@@ -646,6 +270,9 @@ def task_select(ctx: JobContext, method: str = "prune4rel", params: dict | None 
     return plan["key"]
 
 
+# --------------------------------------------------------------------------- maps and the demo
+
+
 def task_maps(ctx: JobContext, n_neighbors: int = 15, seed: int = 0) -> None:
     """PCA (if missing), the faiss kNN lists for UMAP ('knn') and the UMAP map ('maps/umap')."""
     from .projection import knn_for_umap, umap_2d
@@ -653,10 +280,10 @@ def task_maps(ctx: JobContext, n_neighbors: int = 15, seed: int = 0) -> None:
     wu = load_warmup(ctx.store, ctx.run_id)
     if wu is None:
         raise InputError("no warm-up yet: run the warm-up first")
-    if _current(ctx.store, ctx.run_id, "maps/pca") is None:
+    if current_bundle(ctx.store, ctx.run_id, "maps/pca") is None:
         task_pca(ctx)
     ctx.progress(0.05, "kNN lists for UMAP")
-    b = _current(ctx.store, ctx.run_id, "knn")
+    b = current_bundle(ctx.store, ctx.run_id, "knn")
     if b is not None and b.info.get("k", 0) >= n_neighbors:
         # The lists the neighbour graph's search found: no second search.
         ids, dists = b.array("ids", mmap=False), b.array("dists", mmap=False)
@@ -806,70 +433,3 @@ def sweep_reuse(ctx: JobContext, data, wu, seeds: list[int], tau, learner_input:
     warm = SimpleNamespace(probs=wu.probs, embeddings=wu.embeddings, losses=wu.losses, forgetting=wu.forgetting,
                            test_acc=wu.info.get("test_acc"), model_name=wu.info.get("model_name"))
     return {int(data_seed): {"noisy": noisy, "wu": warm, "graph": graph, "ginfo": SimpleNamespace(**ginfo)}}
-
-
-def list_sweeps(store: RunStore, run_id: str) -> list[dict]:
-    """Stored sweeps of a run (their info), newest first."""
-    out = []
-    for name in store.list_bundles(run_id, "sweeps"):
-        b = store.load_bundle(run_id, name)
-        if b is not None:
-            out.append({**b.info, "bundle": name})
-    return sorted(out, key=lambda d: d.get("started", 0), reverse=True)
-
-
-# --------------------------------------------------------------------------- exports
-
-
-def selection_csv(sel, y_noisy, y_clean, conf, label_values=None) -> bytes:
-    """The CLI's selection.csv for a Selection: one row per training example (N rows).
-
-    Columns: index, rank (pick position, -1 when dropped), selected (1/0), given_label,
-    clean_label (empty without ground truth), confidence. label_values: the dataset's original
-    label values ((C,), `Dataset.label_values`) when its labels were mapped to ids 0..C-1;
-    the label columns are then written in those values.
-    """
-    from .pipeline import selection_csv as pipeline_csv
-
-    result = SimpleNamespace(selection=sel, noisy=SimpleNamespace(y_noisy=y_noisy, y_clean=y_clean), confidence=conf,
-                             dataset=SimpleNamespace(label_values=label_values))
-    return pipeline_csv(result)
-
-
-def selection_npy(sel) -> bytes:
-    """The kept indices in pick order as an .npy file (int64, shape (budget,))."""
-    buf = io.BytesIO()
-    np.save(buf, np.asarray(sel.indices, dtype=np.int64), allow_pickle=False)
-    return buf.getvalue()
-
-
-def selection_manifest(store: RunStore, run_id: str, key: str, keep_ratio: float, metrics: dict | None = None) -> dict:
-    """A JSON-able manifest of a selection: run config, data, warm-up, graph, method, versions, hashes."""
-    from .pipeline import _hash_array, _library_versions
-
-    run = store.get_run(run_id) or {}
-    data = load_data(store, run_id)
-    wu = load_warmup(store, run_id)
-    got = load_selection(store, run_id, key)
-    if data is None or wu is None or got is None:
-        raise InputError("this selection is not stored (any more)")
-    sel, info = got
-    if sel.nested:
-        sel = sel.prefix(keep_ratio)
-    g = load_graph(store, run_id, info["graph"])
-    data_info = {k: v for k, v in data.info.items() if k not in ("class_counts",)}
-    return {
-        "run": {"id": run_id, "name": run.get("name"), "config": run.get("config")},
-        "data": data_info,
-        "warmup": {k: wu.info.get(k) for k in ("model_name", "device", "epochs", "seconds", "test_acc", "config")},
-        "graph": None if g is None else g[1],
-        "selection": {"method": sel.method, "keep_ratio": float(keep_ratio), "prune_ratio": 1.0 - sel.budget / sel.n,
-                      "budget": sel.budget, "n": sel.n, "params": info.get("params"), "nested": sel.nested,
-                      "objective": sel.objective, "seconds": info.get("seconds"), "stored_key": key},
-        "metrics": metrics or {},
-        "versions": _library_versions(),
-        "embedding_hash": _hash_array(wu.embeddings),
-        "probs_hash": _hash_array(wu.probs),
-        "selection_hash": _hash_array(sel.indices),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }

@@ -24,6 +24,8 @@ def warm_numba_cache(log=print) -> dict:
     """Run the demo's job path once on digits; returns {stage: seconds, "cache_dir": path}."""
     cache_dir = default_numba_cache_dir()
     from . import jobs as J
+    from .artifacts import load_map
+    from .job_engine import run_task
     from .runstore import RunStore
     from .selection import list_methods
 
@@ -32,20 +34,20 @@ def warm_numba_cache(log=print) -> dict:
         store = RunStore(Path(tmp))
         rid = store.create_run({"data": "digits", "noise": "sym:0.4"}, name="warm cache")
         t = time.perf_counter()
-        J.run_task(store, rid, J.task_load, data="digits", noise="sym:0.4", seed=0)
-        J.run_task(store, rid, J.task_warmup, epochs=1, seed=0)
+        run_task(store, rid, J.task_load, data="digits", noise="sym:0.4", seed=0)
+        run_task(store, rid, J.task_warmup, epochs=1, seed=0)
         times["load_warmup_s"] = time.perf_counter() - t
         for method in list_methods():
             t = time.perf_counter()
-            J.run_task(store, rid, J.task_select, method=method, tau="auto", seed=0)
+            run_task(store, rid, J.task_select, method=method, tau="auto", seed=0)
             times[f"select_{method}_s"] = time.perf_counter() - t
         t = time.perf_counter()
-        J.run_task(store, rid, J.task_select, method="prune4rel", params={"mode": "official"}, tau="auto", seed=0)
+        run_task(store, rid, J.task_select, method="prune4rel", params={"mode": "official"}, tau="auto", seed=0)
         times["select_prune4rel_official_s"] = time.perf_counter() - t
         t = time.perf_counter()
-        J.run_task(store, rid, J.task_maps, seed=0)
+        run_task(store, rid, J.task_maps, seed=0)
         times["umap_s"] = time.perf_counter() - t
-        method = (J.load_map(store, rid, "umap") or (None, {}))[1].get("method")
+        method = (load_map(store, rid, "umap") or (None, {}))[1].get("method")
         if method != "umap":
             raise RuntimeError(f"UMAP did not run while warming the cache (map method: {method})")
     return times

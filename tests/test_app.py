@@ -15,7 +15,9 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from prune_core import artifacts as A
 from prune_core import jobs as J
+from prune_core.job_engine import run_task
 from prune_core.runstore import RunStore
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -32,9 +34,9 @@ def ws(tmp_path_factory):
     os.environ["PRUNE4REL_DEMO_EPOCHS"] = "1"
     store = RunStore(path)
     rid = store.create_run({"data": "digits", "noise": "sym:0.4"}, name="fixture")
-    J.run_task(store, rid, J.task_load, data="digits", noise="sym:0.4", seed=0)
-    J.run_task(store, rid, J.task_warmup, epochs=2, seed=0)
-    key = J.run_task(store, rid, J.task_select, method="prune4rel", tau="auto")
+    run_task(store, rid, J.task_load, data="digits", noise="sym:0.4", seed=0)
+    run_task(store, rid, J.task_warmup, epochs=2, seed=0)
+    key = run_task(store, rid, J.task_select, method="prune4rel", tau="auto")
     store.update_run(rid, state="done")
     yield store, rid, key
     for k, v in old.items():
@@ -158,7 +160,7 @@ def test_select_bad_tau_shows_one_error_and_keeps_results(ws):
     assert len(at.error) == 1 and "leaves no example any neighbour" in at.error[0].value, [e.value for e in at.error]
     # Earlier results stay on screen.
     assert metric(at, "Kept examples") == f"{round(0.5 * N):,}"
-    assert [s["key"] for s in J.list_selections(store, rid)] == [key]
+    assert [s["key"] for s in A.list_selections(store, rid)] == [key]
     at.text_input(key="select_tau").input("auto").run()
     assert not at.error
 
@@ -198,7 +200,7 @@ def test_explore_colour_and_gallery(ws):
 
 
 def test_gallery_indices_come_from_customdata():
-    from pages._ui import selected_indices
+    from pages._figures import selected_indices
 
     event = {"selection": {"points": [{"curve_number": 1, "point_index": 0, "customdata": [42, 3, 3]},
                                       {"curve_number": 0, "point_index": 0, "customdata": [7, 1, 1]},
@@ -398,8 +400,8 @@ def test_explore_switches_to_umap_when_ready_unless_pca_was_picked(ws):
     store, rid, _ = ws
     at = open_app(rid, "pages/explore.py")
     assert at.radio(key="explore_projection").options == ["PCA"]
-    pca = J.load_map(store, rid, "pca")
-    wu = J.load_warmup(store, rid)
+    pca = A.load_map(store, rid, "pca")
+    wu = A.load_warmup(store, rid)
     store.save_bundle(rid, "maps/umap", {"coords": pca[0][:, ::-1].copy()}, {"warmup_id": wu.id, "method": "umap"})
     try:
         at.run()
@@ -426,7 +428,7 @@ def test_sweep_warns_when_relabeling_made_labels_worse_and_shows_the_frozen_cave
     jobs = wait_jobs(store, rid, "sweep", timeout=300)
     assert jobs[0]["state"] == "done", jobs[0].get("error")
     at = open_app(rid, "pages/sweep.py")
-    rows = J.list_sweeps(store, rid)[0]["rows"]
+    rows = A.list_sweeps(store, rid)[0]["rows"]
     assert rows[0]["warmup_reused"] is True and rows[0]["relabel_gain_all"] < 0
     warnings = [w.value for w in at.warning]
     assert any(w.startswith("Re-labeling made the labels worse than the given labels") for w in warnings), warnings

@@ -8,7 +8,9 @@ import os
 import numpy as np
 import pytest
 
+from prune_core import artifacts as A
 from prune_core import jobs as J
+from prune_core.job_engine import run_task
 from prune_core.outputs import check_model_outputs
 from prune_core.runstore import RunStore
 from tests.test_app import metric, open_app
@@ -45,7 +47,7 @@ def ws(tmp_path_factory):
     probs, emb, y, y_clean, images = digits_outputs()
     rid = store.create_run({"data": "model outputs", "noise": "none", "kind": "outputs"}, name="outputs")
     J.save_model_outputs(store, rid, check_model_outputs(probs, emb, y, y_clean), images)
-    key = J.run_task(store, rid, J.task_select, method="prune4rel", tau="auto")
+    key = run_task(store, rid, J.task_select, method="prune4rel", tau="auto")
     store.update_run(rid, state="done")
     yield store, rid, key, (probs, emb, y, y_clean)
     for k, v in old.items():
@@ -57,8 +59,8 @@ def ws(tmp_path_factory):
 
 def test_model_outputs_run_is_stored_as_data_and_warmup(ws):
     store, rid, _, (probs, emb, y, y_clean) = ws
-    data, wu = J.load_data(store, rid), J.load_warmup(store, rid)
-    assert J.is_model_outputs(wu) and wu.losses is None and wu.forgetting is None
+    data, wu = A.load_data(store, rid), A.load_warmup(store, rid)
+    assert A.is_model_outputs(wu) and wu.losses is None and wu.forgetting is None
     np.testing.assert_array_equal(wu.probs, probs)
     np.testing.assert_array_equal(data.y_noisy, y)
     np.testing.assert_array_equal(data.y_clean, y_clean)
@@ -76,7 +78,7 @@ def test_select_explore_label_errors_render_and_slider_works(ws):
     for page, title in (("pages/explore.py", "Explore"), ("pages/label_errors.py", "Label errors")):
         at = open_app(rid, page)
         assert at.title[0].value == title and not at.error, [e.value for e in at.error]
-    J.run_task(store, rid, J.task_maps, seed=0)  # what the Explore page's "Compute UMAP" job runs
+    run_task(store, rid, J.task_maps, seed=0)  # what the Explore page's "Compute UMAP" job runs
     at = open_app(rid, "pages/explore.py")
     assert "UMAP" in at.radio(key="explore_projection").options
     at = open_app(rid, "pages/label_errors.py")
@@ -91,13 +93,13 @@ def test_warmup_and_sweep_pages_say_what_they_need(ws):
     at = open_app(rid, "pages/sweep.py")
     assert any("can only select" in i.value for i in at.info)
     with pytest.raises(Exception, match="its sweep only selects"):
-        J.run_task(store, rid, J.task_sweep, methods=["uniform"], ratios=[0.5], seeds=[0], learner="ce")
-    J.run_task(store, rid, J.task_sweep, methods=["prune4rel", "uniform"], ratios=[0.3, 0.6], seeds=[0],
-               learner="none", key="s1")
-    rows = J.list_sweeps(store, rid)[0]["rows"]
+        run_task(store, rid, J.task_sweep, methods=["uniform"], ratios=[0.5], seeds=[0], learner="ce")
+    run_task(store, rid, J.task_sweep, methods=["prune4rel", "uniform"], ratios=[0.3, 0.6], seeds=[0],
+             learner="none", key="s1")
+    rows = A.list_sweeps(store, rid)[0]["rows"]
     assert len(rows) == 4 and {r["method"] for r in rows} == {"prune4rel", "uniform"}
     with pytest.raises(Exception, match="needs forgetting"):
-        J.run_task(store, rid, J.task_select, method="forgetting")
+        run_task(store, rid, J.task_select, method="forgetting")
 
 
 def test_data_page_makes_a_run_from_uploaded_outputs(ws, tmp_path):
@@ -118,7 +120,7 @@ def test_data_page_makes_a_run_from_uploaded_outputs(ws, tmp_path):
     assert len(store.list_runs()) == n_runs + 1
     new = store.list_runs()[0]
     assert metric(at, "Training examples") == f"{N:,}" and at.sidebar.selectbox(key="run").value == new["id"]
-    assert J.is_model_outputs(J.load_warmup(store, new["id"]))
+    assert A.is_model_outputs(A.load_warmup(store, new["id"]))
     store.delete_run(new["id"])
 
 
@@ -157,11 +159,11 @@ def test_app_exports_write_the_datasets_own_label_values(tmp_path):
     y = np.array([10, 20, 30] * 20)
     np.savez(tmp_path / "d.npz", x_train=rng.normal(size=(60, 4)).astype(np.float32), y_train=y)
     rid = store.create_run({"data": "npz"}, name="values")
-    J.run_task(store, rid, J.task_load, data=f"npz:{tmp_path / 'd.npz'}", noise="none", seed=0)
-    d = J.load_data(store, rid)
+    run_task(store, rid, J.task_load, data=f"npz:{tmp_path / 'd.npz'}", noise="none", seed=0)
+    d = A.load_data(store, rid)
     assert list(d.ds.label_values) == [10, 20, 30]
     sel = select("uniform", keep_ratio=0.5, labels=d.y_noisy, seed=0)
-    text = J.selection_csv(sel, d.y_noisy, d.y_clean, np.ones(d.ds.n_train), d.ds.label_values).decode()
+    text = A.selection_csv(sel, d.y_noisy, d.y_clean, np.ones(d.ds.n_train), d.ds.label_values).decode()
     import pandas as pd
 
     table = pd.read_csv(io.StringIO(text))

@@ -25,6 +25,7 @@ from browser_kit import CHROMIUM, FIRST_PLOT_TITLE_JS, ROOT
 from browser_kit import browser_page as open_browser_page
 from browser_kit import readme_app_server
 from prune_core import jobs as J
+from prune_core.job_engine import run_task
 from prune_core.runstore import RunStore
 
 ARTIFACTS = ROOT / "tests" / "artifacts"
@@ -39,7 +40,7 @@ def app_server(tmp_path_factory):
     # An earlier run with data only (older than the demo): the run-switch checks warm it up.
     store = RunStore(workspace)
     older = store.create_run({"data": "digits", "noise": "sym:0.2"}, name="older digits run")
-    J.run_task(store, older, J.task_load, data="digits", noise="sym:0.2", seed=0)
+    run_task(store, older, J.task_load, data="digits", noise="sym:0.2", seed=0)
     store.update_run(older, state="done")
     log = ARTIFACTS / "streamlit.log"
     with readme_app_server(workspace, log, tmp_path_factory.mktemp("fresh_home")) as url:

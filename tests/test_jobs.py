@@ -6,7 +6,9 @@ import time
 import numpy as np
 import pytest
 
+from prune_core import artifacts as A
 from prune_core import jobs as J
+from prune_core.job_engine import JobManager, run_task
 from prune_core.errors import InputError
 from prune_core.runstore import RunStore
 
@@ -23,7 +25,7 @@ def wait_state(manager, job_id, timeout=60.0):
 
 
 def test_progress_records_and_done(store):
-    m = J.JobManager(store)
+    m = JobManager(store)
     rid = store.create_run()
 
     def task(ctx, steps):
@@ -41,7 +43,7 @@ def test_progress_records_and_done(store):
 
 
 def test_progress_visible_while_running(store):
-    m = J.JobManager(store)
+    m = JobManager(store)
     release = threading.Event()
 
     def task(ctx):
@@ -60,7 +62,7 @@ def test_progress_visible_while_running(store):
 
 
 def test_cancel_is_cooperative(store):
-    m = J.JobManager(store)
+    m = JobManager(store)
     rid = store.create_run()
     started = threading.Event()
 
@@ -82,7 +84,7 @@ def test_cancel_is_cooperative(store):
 
 
 def test_failure_records_error_and_keeps_earlier_results(store):
-    m = J.JobManager(store)
+    m = JobManager(store)
     rid = store.create_run()
     store.save_bundle(rid, "warmup", {"probs": np.ones((3, 2))}, {"version": 1})
 
@@ -102,7 +104,7 @@ def test_failure_records_error_and_keeps_earlier_results(store):
 
 
 def test_a_failed_step_fails_itself_not_the_run_that_holds_data(store):
-    m = J.JobManager(store)
+    m = JobManager(store)
     rid = store.create_run()
     store.save_bundle(rid, "data", {"y_noisy": np.zeros(3, np.int64)}, {})
 
@@ -119,7 +121,7 @@ def test_a_failed_step_fails_itself_not_the_run_that_holds_data(store):
 
 
 def test_same_job_is_not_started_twice(store):
-    m = J.JobManager(store)
+    m = JobManager(store)
     rid = store.create_run()
     release = threading.Event()
     calls = []
@@ -144,7 +146,7 @@ def test_same_job_is_not_started_twice(store):
 
 
 def test_max_running_queues_the_rest(store):
-    m = J.JobManager(store, max_running=1)
+    m = JobManager(store, max_running=1)
     release = threading.Event()
 
     def task(ctx, i):
@@ -165,7 +167,7 @@ def test_restart_marks_running_jobs_interrupted(store):
     store.update_run(rid, state="running")
     jid = store.create_job(rid, "warmup")
     store.update_job(jid, state="running")
-    m = J.JobManager(RunStore(store.root))
+    m = JobManager(RunStore(store.root))
     assert m.interrupted == 1
     row = m.get(jid)
     assert row["state"] == "failed" and "interrupted" in row["error"]
@@ -174,7 +176,7 @@ def test_restart_marks_running_jobs_interrupted(store):
     store.save_bundle(rid, "data", {"y_noisy": np.zeros(3, np.int64)}, {})
     store.update_run(rid, state="running")
     store.update_job(store.create_job(rid, "select"), state="running")
-    assert J.JobManager(RunStore(store.root)).interrupted == 1
+    assert JobManager(RunStore(store.root)).interrupted == 1
     assert store.get_run(rid)["state"] == "done"
 
 
@@ -195,40 +197,40 @@ def test_plan_selection_keys():
 def test_demo_stages_and_a_failed_select_keeps_results(store):
     """The demo task on digits (1 epoch) saves every stage; a bad tau fails alone."""
     rid = store.create_run({"data": "digits"})
-    J.run_task(store, rid, J.task_demo, epochs=1, umap=False)
+    run_task(store, rid, J.task_demo, epochs=1, umap=False)
     for bundle in ("data", "warmup", "maps/pca"):
         assert store.load_bundle(rid, bundle) is not None, bundle
-    sels = J.list_selections(store, rid)
+    sels = A.list_selections(store, rid)
     assert len(sels) == 1 and sels[0]["method"] == "prune4rel" and sels[0]["budget"] == 1437
-    sel, info = J.load_selection(store, rid, sels[0]["key"])
+    sel, info = A.load_selection(store, rid, sels[0]["key"])
     assert sel.prefix(0.4).budget == round(0.4 * 1437)
-    assert J.load_graph(store, rid, info["graph"])[0].shape == (1437, 1437)
+    assert A.load_graph(store, rid, info["graph"])[0].shape == (1437, 1437)
     # The graph's kNN lists are kept for UMAP (self first, cosine distances): no second search.
     knn = store.load_bundle(rid, "knn")
-    assert knn.info["source"].startswith("graph") and knn.info["k"] == J.UMAP_KNN_COLUMNS
+    assert knn.info["source"].startswith("graph") and knn.info["k"] == A.UMAP_KNN_COLUMNS
     ids, dists = knn.array("ids"), knn.array("dists")
     assert (ids[:, 0] == np.arange(1437)).all() and (dists[:, 0] == 0).all()
     assert (np.diff(dists, axis=1) >= -1e-6).all()
     from prune_core.projection import knn_for_umap
 
-    ref_ids, ref_dists = knn_for_umap(J.load_warmup(store, rid).embeddings, k=15)
+    ref_ids, ref_dists = knn_for_umap(A.load_warmup(store, rid).embeddings, k=15)
     assert (ids[:, 1] == ref_ids[:, 1]).mean() > 0.95
     np.testing.assert_allclose(dists[:, :15], ref_dists, atol=1e-4)
 
-    m = J.JobManager(store)
+    m = JobManager(store)
     row = wait_state(m, m.submit(rid, "select", J.task_select, {"method": "prune4rel", "tau": 0.9999}))
     assert row["state"] == "failed" and "leaves no example any neighbour" in row["error"]
-    assert [s["key"] for s in J.list_selections(store, rid)] == [sels[0]["key"]]
+    assert [s["key"] for s in A.list_selections(store, rid)] == [sels[0]["key"]]
 
     # CSV export: one row per training example.
-    d = J.load_data(store, rid)
-    wu = J.load_warmup(store, rid)
-    csv = J.selection_csv(sel.prefix(0.4), d.y_noisy, d.y_clean, wu.probs.max(1)).decode().splitlines()
+    d = A.load_data(store, rid)
+    wu = A.load_warmup(store, rid)
+    csv = A.selection_csv(sel.prefix(0.4), d.y_noisy, d.y_clean, wu.probs.max(1)).decode().splitlines()
     assert csv[0] == "index,rank,selected,given_label,clean_label,confidence" and len(csv) == 1438
     assert sum(line.split(",")[2] == "1" for line in csv[1:]) == round(0.4 * 1437)
-    man = J.selection_manifest(store, rid, sels[0]["key"], 0.4)
+    man = A.selection_manifest(store, rid, sels[0]["key"], 0.4)
     assert man["selection"]["budget"] == round(0.4 * 1437) and man["selection"]["method"] == "prune4rel"
 
     # A new warm-up replaces the derived results of the old one.
-    J.run_task(store, rid, J.task_warmup, epochs=1, seed=1)
-    assert J.list_selections(store, rid) == [] and J.load_map(store, rid)[1]["name"] == "pca"
+    run_task(store, rid, J.task_warmup, epochs=1, seed=1)
+    assert A.list_selections(store, rid) == [] and A.load_map(store, rid)[1]["name"] == "pca"
