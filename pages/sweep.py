@@ -29,6 +29,7 @@ if A.is_model_outputs(S.warmup(run_id)):
 
 try:
     from prune_core import sweep as sweep_module
+    from prune_core import sweep_report
     from prune_core.learners import LEARNER_INPUTS, list_learners
 except ImportError as e:  # the sweep module is optional for the rest of the app
     st.error(f"The sweep module is not available: {e}")
@@ -95,17 +96,17 @@ def draw(rows: list, key: str):
         st.caption("No rows yet: the first appears once a warm-up and one fit are done.")
         return
     df = pd.DataFrame(rows)
-    caveat = sweep_module.sweep_caveat(df)
+    caveat = sweep_report.sweep_caveat(df)
     if caveat:
         st.warning(caveat, icon=":material/warning:")
-    worse = sweep_module.relabel_worse_than_given(df)
+    worse = sweep_report.relabel_worse_than_given(df)
     if worse:
         w = worse[0]
         where = ", ".join(sorted({f"{x['method']} ({x['learner']}) at keep {x['keep_ratio']:.0%}" for x in worse[:4]}))
         more = f" and {len(worse) - 4} more" if len(worse) > 4 else ""
         st.warning(f"Re-labeling made the labels worse than the given labels in {len(worse)} case(s): {where}{more} "
                    f"(worst: {w['gain']:+.1%} accuracy).", icon=":material/trending_down:")
-    figs = sweep_module.sweep_figures(df)
+    figs = sweep_report.sweep_figures(df)
     if figs:
         cols = st.columns(len(figs))
         for col, (metric, fig) in zip(cols, figs.items()):

@@ -354,6 +354,7 @@ def task_sweep(ctx: JobContext, methods: list, ratios: list, seeds: list, learne
     import pandas as pd
 
     from . import sweep as sweep_module
+    from .sweep_report import RESULT_COLUMNS, results_csv
     from .pipeline import RunConfig
 
     data = load_data(ctx.store, ctx.run_id)
@@ -377,11 +378,11 @@ def task_sweep(ctx: JobContext, methods: list, ratios: list, seeds: list, learne
     started = time.time()
 
     def save(state: str, error: str | None = None):
-        df = pd.DataFrame(rows, columns=sweep_module.RESULT_COLUMNS) if rows else pd.DataFrame(
-            columns=sweep_module.RESULT_COLUMNS)
+        df = pd.DataFrame(rows, columns=RESULT_COLUMNS) if rows else pd.DataFrame(
+            columns=RESULT_COLUMNS)
         ctx.store.save_bundle(ctx.run_id, f"sweeps/{key}", {},
                               {**params, "key": key, "state": state, "error": error, "rows": rows,
-                               "started": started, "csv": sweep_module.results_csv(df).decode()})
+                               "started": started, "csv": results_csv(df).decode()})
 
     def on_result(row):
         # Private keys (the sweep's "_subset" index array of selection-only rows) are not results.

@@ -49,10 +49,6 @@ import numpy as np
 from .errors import InputError, check_cancel
 from .sweep_report import RESULT_COLUMNS
 
-# Re-exported: jobs.py and pages/sweep.py reach these through this module (`sweep_module.X`),
-# until their imports name sweep_report.
-from .sweep_report import relabel_worse_than_given, results_csv, sweep_caveat, sweep_figures  # noqa: F401
-
 PREDICTOR_C0 = 1.0
 
 
