@@ -200,7 +200,8 @@ def knn_comparison(x: np.ndarray, queries: np.ndarray, truth: np.ndarray, spec: 
     """Blocked kNN search against faiss IVF with the same cells and probes (see module doc)."""
     import faiss
 
-    from prune_core.graph import CELL_PROBES, CELL_SIZE, knn_search, make_cells, normalize_embeddings
+    from prune_core.embeddings import normalize_embeddings
+    from prune_core.knn import CELL_PROBES, CELL_SIZE, knn_search, make_cells
 
     k, repeats = spec["k"], spec["repeats"]
     z = normalize_embeddings(x)
@@ -340,7 +341,8 @@ def worker_dense(spec: dict) -> dict:
     """Dense reference (timed) and, for small N, the exact range graph's official picks."""
     from threadpoolctl import threadpool_limits
 
-    from prune_core.graph import normalize_embeddings, range_graph
+    from prune_core.embeddings import normalize_embeddings
+    from prune_core.graph import range_graph
     from prune_core.prune4rel import greedy_neighbourhood_confidence
     from prune_core.reference import dense_official_greedy
 
