@@ -30,6 +30,16 @@ For every configuration (dataset, N, D) it reports, all measured in the same run
   cosines computed in float64 and rounded to float32 (no BLAS-order effects). For every N
   the official mode on the (truncated) kNN graph is compared with the first dense steps
   too (informational: truncation to k neighbours changes covers, so picks drift apart);
+- kNN search alone, blocked against faiss IVF (the condition for keeping the blocked search:
+  at least 1.5x faster than faiss IVF with the same cells and probes at equal recall), on
+  the unit embeddings, for N <= --ivf-max-n: the blocked search (`search='blocked'`, default
+  cells of CELL_SIZE points and CELL_PROBES probes) and a faiss IndexIVFFlat (inner product,
+  trained like the library's 'ivf' backend) with as many lists as the blocked search makes
+  cells, searched with nprobe = CELL_PROBES ("same probes") and with the smallest nprobe
+  whose recall@k reaches the blocked search's ("equal recall"); IVF time = train + add +
+  search of all N rows (k+1, self dropped), each side best of --repeats runs (IVF with
+  faiss's default OpenMP threads and with one, its best case), recall@k on the same
+  queries as above; ratio = IVF time at equal recall / blocked time;
 - peak RSS (VmHWM) of each configuration, measured in a fresh subprocess that generates
   the data, builds the graph and runs both selections (the embeddings themselves and the
   interpreter with numpy/torch/faiss loaded count; the RSS right after data generation is
@@ -181,6 +191,93 @@ def exact_topk(x: np.ndarray, queries: np.ndarray, k: int, block: int = 65536):
     return best_i, best_s
 
 
+def _recall(ids: np.ndarray, truth: np.ndarray, k: int) -> float:
+    """Mean share of each query's exact top-k found in its k returned neighbours."""
+    return float(np.mean([len(set(a[:k]) & set(b)) / k for a, b in zip(ids, truth)]))
+
+
+def knn_comparison(x: np.ndarray, queries: np.ndarray, truth: np.ndarray, spec: dict) -> dict:
+    """Blocked kNN search against faiss IVF with the same cells and probes (see module doc)."""
+    import faiss
+
+    from prune_core.embeddings import normalize_embeddings
+    from prune_core.knn import CELL_PROBES, CELL_SIZE, knn_search, make_cells
+
+    k, repeats = spec["k"], spec["repeats"]
+    z = normalize_embeddings(x)
+    n, d = z.shape
+    times = []
+    for _ in range(repeats):
+        ids = None
+        t = time.perf_counter()
+        ids, _, _ = knn_search(z, k, search="blocked")
+        times.append(time.perf_counter() - t)
+    out = {"blocked_seconds": min(times), "blocked_recall": _recall(ids[queries], truth, k)}
+    del ids
+    nlist = len(make_cells(z, CELL_SIZE, CELL_PROBES, 0)[1]) - 1  # the blocked search's cells
+    out.update(cells=nlist, cell_probes=CELL_PROBES)
+
+    def build():
+        """IndexIVFFlat with `nlist` lists, trained like the library's 'ivf' backend; seconds."""
+        t = time.perf_counter()
+        quantizer = faiss.IndexFlatIP(d)
+        index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
+        n_train = min(n, max(64 * nlist, 50_000))
+        rng = np.random.default_rng(0)
+        train = z if n_train == n else z[np.sort(rng.choice(n, n_train, replace=False))]
+        index.cp.seed = 0
+        index.train(np.ascontiguousarray(train))
+        index.add(z)
+        return (index, quantizer), time.perf_counter() - t
+
+    def neighbours(found: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """Each row's first k ids other than itself, from a (len(rows), k+1) search result."""
+        keep = found != rows[:, None]
+        return np.stack([r[m][:k] for r, m in zip(found, keep)])
+
+    (index, quantizer), build_s = build()
+    # The smallest nprobe (from CELL_PROBES up) whose recall on the queries reaches the
+    # blocked search's; with nprobe = nlist the search is exhaustive, so one always does.
+    steps = sorted({p for p in (CELL_PROBES, 10, 12, 14, 16, 20, 24, 28, 32, 40, 48, 64, 80, 96,
+                                128, 192, 256, 384, 512) if CELL_PROBES <= p < nlist} | {nlist})
+    equal = nlist
+    for p in steps:
+        index.nprobe = p
+        found = index.search(z[queries], k + 1)[1]
+        if _recall(neighbours(found, queries), truth, k) >= out["blocked_recall"]:
+            equal = p
+            break
+    del index, quantizer
+    default_threads = faiss.omp_get_max_threads()
+    for name, p in (("same", CELL_PROBES), ("equal", equal)):
+        if name == "equal" and p == CELL_PROBES:  # the same run
+            for key in ("nprobe", "seconds", "recall", "threads"):
+                out[f"ivf_equal_{key}"] = out[f"ivf_same_{key}"]
+            break
+        # IVF gets its best case: faiss's OpenMP threads as configured or one thread (on a
+        # loaded 2-core machine multi-threaded faiss calls can stall), best of the repeats.
+        times, recall = [], None
+        for threads in (default_threads, 1):
+            faiss.omp_set_num_threads(threads)
+            try:
+                for _ in range(repeats):
+                    (index, quantizer), build_s = build()
+                    index.nprobe = p
+                    t = time.perf_counter()
+                    found = index.search(z, k + 1)[1]
+                    times.append((build_s + time.perf_counter() - t, threads))
+                    recall = _recall(neighbours(found[queries], queries), truth, k)
+                    del index, quantizer, found
+            finally:
+                faiss.omp_set_num_threads(default_threads)
+        out[f"ivf_{name}_nprobe"] = p
+        out[f"ivf_{name}_seconds"], out[f"ivf_{name}_threads"] = min(times)
+        out[f"ivf_{name}_recall"] = recall
+    out["ivf_ratio_same"] = out["ivf_same_seconds"] / out["blocked_seconds"]
+    out["ivf_ratio_equal"] = out["ivf_equal_seconds"] / out["blocked_seconds"]
+    return out
+
+
 def worker_main(spec: dict) -> dict:
     """Graph + both selections (+ recall, after the peak is read)."""
     from prune_core.graph import build_graph_with_knn
@@ -234,6 +331,9 @@ def worker_main(spec: dict) -> dict:
     kept = sum(np.isin(truth[j][above[j]], g.indices[g.indptr[q]:g.indptr[q + 1]]).sum()
                for j, q in enumerate(queries))
     out["edge_recall"] = float(kept / max(1, above.sum()))
+    if n <= spec["ivf_max_n"]:
+        g = ids = None
+        out["knn"] = knn_comparison(x, queries, truth, spec)
     return out
 
 
@@ -241,7 +341,8 @@ def worker_dense(spec: dict) -> dict:
     """Dense reference (timed) and, for small N, the exact range graph's official picks."""
     from threadpoolctl import threadpool_limits
 
-    from prune_core.graph import normalize_embeddings, range_graph
+    from prune_core.embeddings import normalize_embeddings
+    from prune_core.graph import range_graph
     from prune_core.prune4rel import greedy_neighbourhood_confidence
     from prune_core.reference import dense_official_greedy
 
@@ -343,7 +444,7 @@ def configurations(args) -> list[dict]:
     base = dict(k=args.k, keep=args.keep, target_neighbours=args.target_neighbours,
                 dense_steps=args.dense_steps, dense_full_n=args.dense_full_n,
                 parity_max_n=args.parity_max_n, parity_steps=args.parity_steps, queries=args.queries,
-                repeats=args.repeats, repeat_max_n=args.repeat_max_n)
+                repeats=args.repeats, repeat_max_n=args.repeat_max_n, ivf_max_n=args.ivf_max_n)
     out = []
     for d in args.dims:
         for n in args.sizes:
@@ -369,6 +470,8 @@ def row(spec: dict, res: dict) -> dict:
              F_exact=main["F_exact"], F_official=main["F_official"],
              F_ok=main["F_exact"] >= main["F_official"] - 1e-9 * abs(main["F_official"]),
              peak_gib=main["peak_rss"] / GiB, data_gib=main["rss_data"] / GiB)
+    if "knn" in main:
+        r["knn"] = main["knn"]
     if "error" in dense:
         r["dense_error"] = dense["error"]
         return r
@@ -423,6 +526,27 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def knn_table(rows: list[dict]) -> str:
+    """Blocked kNN search against faiss IVF with the same cells and probes."""
+    head = ("| config | cells | blocked s | blocked recall@k | IVF same probes: nprobe, s (threads), recall@k | "
+            "IVF/blocked time, same probes | IVF equal recall: nprobe, s (threads), recall@k | "
+            "IVF/blocked time, equal recall (keep blocked if >= 1.5x) |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in rows:
+        c = r.get("knn")
+        if not c:
+            continue
+        lines.append(
+            f"| {r['config']} | {c['cells']} | {c['blocked_seconds']:.2f} | {c['blocked_recall']:.4f} | "
+            f"{c['ivf_same_nprobe']}, {c['ivf_same_seconds']:.2f} ({c['ivf_same_threads']}), "
+            f"{c['ivf_same_recall']:.4f} | {c['ivf_ratio_same']:.2f}x | "
+            f"{c['ivf_equal_nprobe']}, {c['ivf_equal_seconds']:.2f} ({c['ivf_equal_threads']}), "
+            f"{c['ivf_equal_recall']:.4f} | "
+            f"{c['ivf_ratio_equal']:.2f}x |"
+        )
+    return "\n".join(lines) if len(lines) > 2 else ""
+
+
 def targets(rows: list[dict]) -> list[str]:
     """The issue's targets, checked on the rows that exist."""
     out = []
@@ -438,6 +562,14 @@ def targets(rows: list[dict]) -> list[str]:
             out.append(f"50k x 512: official on exact tau-graph = dense picks ({r['parity_steps']} steps): "
                        f"fp32 {r['parity_fp32']}/{r['parity_steps']}, fp64 dots {r['parity_fp64']}/"
                        f"{r['parity_steps']} -> {'MET' if ok else 'NOT MET'}")
+    r = by.get((50_000, 512, "clustered"))
+    if r and "knn" in r:
+        c = r["knn"]
+        ok = c["ivf_ratio_equal"] >= 1.5
+        out.append(f"50k x 512: blocked kNN >= 1.5x faster than faiss IVF with the same cells and probes at "
+                   f"equal recall: {c['ivf_ratio_equal']:.2f}x (blocked {c['blocked_seconds']:.2f} s, recall "
+                   f"{c['blocked_recall']:.4f}; IVF nprobe {c['ivf_equal_nprobe']} {c['ivf_equal_seconds']:.2f} s, "
+                   f"recall {c['ivf_equal_recall']:.4f}) -> {'MET' if ok else 'NOT MET: drop the blocked search'}")
     r = by.get((1_000_000, 512, "clustered"))
     if r:
         checks = [("graph <= 300 s", r["graph_s"] <= 300), ("recall@k >= 0.9", r["recall"] >= 0.9),
@@ -470,6 +602,8 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=3, help="timings are the best of this many runs")
     ap.add_argument("--repeat-max-n", type=int, default=200_000, help="repeat timings up to this N (else once)")
     ap.add_argument("--queries", type=int, default=1000, help="queries for recall@k")
+    ap.add_argument("--ivf-max-n", type=int, default=200_000,
+                    help="compare the blocked kNN search with faiss IVF up to this N")
     ap.add_argument("--timeout", type=float, default=1800, help="seconds per worker")
     ap.add_argument("--json", help="also write the rows to this JSON file")
     ap.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
@@ -505,6 +639,10 @@ def main(argv=None) -> int:
     print()
     print(table(rows))
     print()
+    knn = knn_table(rows)
+    if knn:
+        print(knn)
+        print()
     for line in targets(rows):
         print("- " + line)
     print(f"\n# total {time.perf_counter() - start:.0f}s, load average at the end {os.getloadavg()[0]:.1f}")

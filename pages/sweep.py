@@ -78,9 +78,9 @@ if start:
                 raise InputError(f"keep ratio {r} leaves no example")
         seeds = parse_list(seeds_text, int, "seeds")
         sweep_module.check_sweep_inputs(chosen, ratios, seeds, learner, int(epochs) or None, lin)
-        from prune_core.graph import _parse_tau
+        from prune_core.graph import parse_tau
 
-        _parse_tau(tau)
+        parse_tau(tau)
         params = {"methods": chosen, "ratios": ratios, "seeds": seeds, "learner": learner,
                   "learner_epochs": int(epochs) or None, "learner_input": lin, "tau": tau.strip()}
         key = J.sweep_key({**params, "learner_params": {}})

@@ -32,10 +32,10 @@ class OneLineParser(argparse.ArgumentParser):
 
 def _tau(text: str):
     """argparse type: 'auto' or a number in [0, 1) (checked by the graph's own tau parser)."""
-    from .graph import _parse_tau
+    from .graph import parse_tau
 
     try:
-        value, _ = _parse_tau(text)
+        value, _ = parse_tau(text)
     except InputError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
     return "auto" if value is None else value

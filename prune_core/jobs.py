@@ -212,12 +212,12 @@ def plan_selection(method: str, params: dict | None = None, keep_ratio: float = 
     Nested methods rank everything once (keep ratio 1) and every smaller ratio is a prefix;
     other methods are stored per keep ratio. k None: 50, or N-1 on tiny data.
     """
-    from .graph import _parse_tau
+    from .graph import parse_tau
     from .selection import budget_for, get_method
 
     info = get_method(method)
     budget_for(keep_ratio, n or 1)  # InputError for ratios outside (0, 1]
-    tau_value, _ = _parse_tau(tau)
+    tau_value, _ = parse_tau(tau)
     tau = "auto" if tau_value is None else tau_value
     if k is None and n is not None:
         k = min(50, n - 1)

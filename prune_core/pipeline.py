@@ -77,7 +77,8 @@ def check_run_options(config, n: int | None = None) -> None:
     its parameters (mode, confidence, balance, eta), the kNN search backend, tau syntax,
     k and pca_dim. Raises InputError with the first problem.
     """
-    from .graph import SEARCHES, _parse_tau
+    from .graph import parse_tau
+    from .knn import SEARCHES
     from .prune4rel import MODES
     from .registry import check_balance
     from .scores import CONFIDENCE_KINDS
@@ -85,7 +86,7 @@ def check_run_options(config, n: int | None = None) -> None:
     info = get_method(config.method)
     if config.search not in SEARCHES:
         raise InputError(f"unknown graph search {config.search!r}; choose one of {', '.join(SEARCHES)}")
-    _parse_tau(config.tau)
+    parse_tau(config.tau)
     check_balance(config.balance)
     if "mode" in info.defaults and config.mode not in MODES:
         raise InputError(f"unknown prune4rel mode {config.mode!r}; choose one of {', '.join(MODES)}")

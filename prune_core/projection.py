@@ -132,10 +132,11 @@ def knn_for_umap(embeddings, k: int = DEFAULT_NEIGHBOURS, search: str = "auto", 
     """Cosine kNN lists in umap-learn's layout: (ids (N, k) int64, dists (N, k) float32).
 
     Column 0 is the example itself (distance 0), then its k-1 nearest others by cosine
-    distance 1 - cos. Uses the faiss search of `graph.knn_search` (exact up to 20k points,
-    IVF above). Missing neighbours (approximate search) are -1 with distance inf.
+    distance 1 - cos. Uses `knn.knn_search` (exact up to 20k points, the blocked cell
+    search above). Missing neighbours (approximate search) are -1 with distance inf.
     """
-    from .graph import knn_search, normalize_embeddings
+    from .embeddings import normalize_embeddings
+    from .knn import knn_search
 
     z = normalize_embeddings(_check_embeddings(embeddings))
     n = z.shape[0]

@@ -32,14 +32,14 @@ def dense_official_greedy(embeddings, conf, budget, tau, eta=1.0, labels=None, b
 
     embeddings (N, D); conf (N,). Returns picks (steps or budget,) int64. Self-weight is 1
     (DESIGN 4.1); other weights are 0.5 + 0.5 cos where that exceeds tau. The unit vectors
-    come from `graph.normalize_embeddings`, so they are bit-identical to the graph's.
+    come from `embeddings.normalize_embeddings`, so they are bit-identical to the graph's.
     step_times: if a list is given, time.perf_counter() is appended once after the setup
     and once after every step (for benchmarks: per-step cost without the setup).
     dot_dtype=np.float64 computes the cosines in float64 and rounds them to float32 (the
     same as `graph.range_graph(..., dot_dtype=np.float64)`), for parity checks free of
     BLAS rounding differences; the default is the plain fp32 loop.
     """
-    from .graph import normalize_embeddings
+    from .embeddings import normalize_embeddings
 
     z = normalize_embeddings(embeddings)
     if np.dtype(dot_dtype) != np.float32:

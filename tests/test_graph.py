@@ -5,7 +5,9 @@ import pytest
 import scipy.sparse as sp
 
 import prune_core as pc
-from prune_core.graph import auto_tau, knn_search, normalize_embeddings, validate_graph
+from prune_core.embeddings import normalize_embeddings
+from prune_core.graph import auto_tau, validate_graph
+from prune_core.knn import knn_search
 
 
 def clustered(n=400, d=16, k=5, seed=0, spread=0.4):
@@ -159,6 +161,7 @@ def test_large_random_graph_selection_finishes():
 # --- blocked (cell) search, exact CPU search, torch top-k, symmetrisation -------------------
 
 from prune_core import graph as graph_mod  # noqa: E402
+from prune_core import knn as knn_mod  # noqa: E402
 from prune_core.errors import Cancelled  # noqa: E402
 
 
@@ -173,7 +176,7 @@ def test_blocked_search_exhaustive_equals_exact():
     """With nprobe >= the number of cells the blocked search compares every pair."""
     z = clustered(n=1500, d=24, k=12, seed=7)
     u = normalize_embeddings(z)
-    ids, cos = graph_mod.blocked_knn(u, 12, cell_size=60, nprobe=10**6)
+    ids, cos = knn_mod.blocked_knn(u, 12, cell_size=60, nprobe=10**6)
     bids, bcos = brute_knn(u, 12)
     np.testing.assert_allclose(cos, bcos, atol=1e-5)
     assert np.mean([set(a) == set(b) for a, b in zip(ids, bids)]) > 0.99
@@ -214,12 +217,12 @@ def test_blocked_search_is_deterministic_and_leaves_input_alone():
 
 
 def test_auto_search_picks_blocked_above_the_exact_limit(monkeypatch):
-    monkeypatch.setattr(graph_mod, "_faiss_gpu_available", lambda: False)
-    monkeypatch.setattr(graph_mod, "_torch_cuda_available", lambda: False)
-    assert graph_mod.resolve_search(graph_mod.EXACT_SEARCH_MAX_N, "auto") == "exact"
-    assert graph_mod.resolve_search(graph_mod.EXACT_SEARCH_MAX_N + 1, "auto") == "blocked"
+    monkeypatch.setattr(knn_mod, "_faiss_gpu_available", lambda: False)
+    monkeypatch.setattr(knn_mod, "_torch_cuda_available", lambda: False)
+    assert knn_mod.resolve_search(knn_mod.EXACT_SEARCH_MAX_N, "auto") == "exact"
+    assert knn_mod.resolve_search(knn_mod.EXACT_SEARCH_MAX_N + 1, "auto") == "blocked"
     with pytest.raises(pc.InputError, match="no CUDA device"):
-        graph_mod.resolve_search(100, "auto", device="cuda")
+        knn_mod.resolve_search(100, "auto", device="cuda")
 
 
 def test_torch_blockwise_topk_on_cpu_matches_brute_force():
@@ -227,7 +230,7 @@ def test_torch_blockwise_topk_on_cpu_matches_brute_force():
     z = clustered(n=700, d=20, seed=10)
     z[5] = z[6]  # duplicate rows: each must still exclude itself, not its twin
     u = normalize_embeddings(z)
-    ids, cos = graph_mod.torch_knn(u, 9, device="cpu", block_rows=64)
+    ids, cos = knn_mod.torch_knn(u, 9, device="cpu", block_rows=64)
     bids, bcos = brute_knn(u, 9)
     np.testing.assert_allclose(cos, bcos, atol=1e-5)
     assert np.mean([set(a) == set(b) for a, b in zip(ids, bids)]) > 0.99
@@ -238,25 +241,25 @@ def test_torch_blockwise_topk_on_cpu_matches_brute_force():
 def test_gpu_backends_are_wired_through_build_graph(monkeypatch):
     """With CUDA 'present' (simulated: torch_knn redirected to CPU), auto is exact on the GPU
     path, and build_graph gives the same graph as the CPU exact search."""
-    real = graph_mod.torch_knn
+    real = knn_mod.torch_knn
     calls = []
 
     def fake_torch_knn(z, k, device="cpu", **kw):
         calls.append(device)
         return real(z, k, device="cpu", block_rows=50)
 
-    monkeypatch.setattr(graph_mod, "torch_knn", fake_torch_knn)
-    monkeypatch.setattr(graph_mod, "_faiss_gpu_available", lambda: False)
-    monkeypatch.setattr(graph_mod, "_torch_cuda_available", lambda: True)
-    assert graph_mod.resolve_search(10**7, "auto") == "torch-cuda"
-    assert graph_mod.resolve_search(10**7, "blocked") == "blocked"  # approximate stays on CPU
+    monkeypatch.setattr(knn_mod, "torch_knn", fake_torch_knn)
+    monkeypatch.setattr(knn_mod, "_faiss_gpu_available", lambda: False)
+    monkeypatch.setattr(knn_mod, "_torch_cuda_available", lambda: True)
+    assert knn_mod.resolve_search(10**7, "auto") == "torch-cuda"
+    assert knn_mod.resolve_search(10**7, "blocked") == "blocked"  # approximate stays on CPU
     z = clustered(n=400, seed=11)
     g, info = pc.build_graph(z, k=20, tau=0.9, return_info=True)
     assert info.search == "torch-cuda" and calls == ["cuda"]
     ref = pc.build_graph(z, k=20, tau=0.9, device="cpu")
     assert abs(g - ref).max() < 1e-6
     # faiss-gpu cannot select more than 2048 neighbours: larger k goes to torch
-    monkeypatch.setattr(graph_mod, "_faiss_gpu_available", lambda: True)
+    monkeypatch.setattr(knn_mod, "_faiss_gpu_available", lambda: True)
     u = normalize_embeddings(clustered(n=2100, d=8, seed=12))
     ids, cos, backend = knn_search(u, 2049)
     assert backend == "torch-cuda" and ids.shape == (2100, 2049)
@@ -348,13 +351,13 @@ def test_normalize_embeddings_copies_and_handles_zero_rows():
 def test_blocked_search_tiles_huge_cells(monkeypatch):
     """Many duplicates land in one cell k-means cannot split; products are tiled (bounded
     memory) and the result still equals the exhaustive search's similarities."""
-    monkeypatch.setattr(graph_mod, "_TILE_ROWS", 64)
-    monkeypatch.setattr(graph_mod, "_TILE_COLUMNS", 96)
+    monkeypatch.setattr(knn_mod, "_TILE_ROWS", 64)
+    monkeypatch.setattr(knn_mod, "_TILE_COLUMNS", 96)
     rng = np.random.default_rng(17)
     z = np.concatenate([np.tile(rng.normal(size=(1, 12)), (700, 1)), clustered(n=800, d=12, seed=17)])
     z = z.astype(np.float32)
     u = normalize_embeddings(z)
-    _, cos = graph_mod.blocked_knn(u, 10, cell_size=50, nprobe=10**6)
+    _, cos = knn_mod.blocked_knn(u, 10, cell_size=50, nprobe=10**6)
     _, bcos = brute_knn(u, 10)
     np.testing.assert_allclose(cos, bcos, atol=1e-5)
     _, cos_exact, _ = knn_search(u, 10, search="exact")
