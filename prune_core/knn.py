@@ -31,7 +31,9 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import threading
+import time
 
 import numba
 import numpy as np
@@ -48,8 +50,22 @@ BLOCK_ROWS = 4096
 CELL_SIZE = 128
 CELL_PROBES = 8
 CELL_SPACE_DIM = 32
-# Threads computing similarity blocks in the blocked search (the calling thread merges).
-_BLOCK_WORKERS = 1
+# Threads computing similarity blocks in the blocked search (the calling thread merges); None:
+# one per core the process may use, at most 4. With one producer the merging core idled about
+# a third of the time on 2 cores (measured in bench/selection.py; see docs/benchmarks.md).
+_BLOCK_WORKERS: int | None = None
+_MAX_BLOCK_WORKERS = 4
+
+
+def block_workers() -> int:
+    """Producer threads of the blocked search: `_BLOCK_WORKERS`, else the usable cores (<= 4)."""
+    if _BLOCK_WORKERS is not None:
+        return max(1, int(_BLOCK_WORKERS))
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(_MAX_BLOCK_WORKERS, cores))
 # Exact CPU search: rows per block. Blocked/exact products are tiles of at most
 # _TILE_ROWS x _TILE_COLUMNS (64 MB in fp32).
 _EXACT_BLOCK = 1024
@@ -402,7 +418,7 @@ def _heaps_to_lists(order, hs, hi):
 
 
 def _blocked_heaps(z, k, cell_size, nprobe, seed, inplace, progress=None, cancel=None,
-                   exhaustive: bool = False):
+                   exhaustive: bool = False, stats: dict | None = None):
     """The blocked search up to its heaps: (order, hs (N, k), hi (N, k)) in cell order.
 
     inplace=True reorders z's rows in place (cell order) instead of making a sorted copy;
@@ -415,7 +431,12 @@ def _blocked_heaps(z, k, cell_size, nprobe, seed, inplace, progress=None, cancel
     timing. Coarse threads instead of BLAS's or faiss's own pools, because small
     multi-threaded calls alternating with other work stall badly on a 2-core machine
     shared with other processes (every barrier waits for a descheduled thread).
+
+    stats: when a dict, filled with what the search cost: `cells_seconds` (clustering),
+    `search_seconds` (products and merges), `pairs` (similarities computed), `flops`
+    (2 D pairs, the products' floating-point operations) and `workers` (producer threads).
     """
+    started = time.perf_counter()
     n = z.shape[0]
     if exhaustive:
         order = np.arange(n, dtype=np.int64)
@@ -424,6 +445,7 @@ def _blocked_heaps(z, k, cell_size, nprobe, seed, inplace, progress=None, cancel
     else:
         with _single_thread_blas(None):
             order, offsets, pptr, partners = make_cells(z, cell_size, nprobe, seed)
+    cells_done = time.perf_counter()
     if exhaustive:
         zs = z
     elif inplace:
@@ -487,7 +509,7 @@ def _blocked_heaps(z, k, cell_size, nprobe, seed, inplace, progress=None, cancel
                 done[t] = item
                 cond.notify_all()
 
-    workers = _BLOCK_WORKERS
+    workers = block_workers()
     ahead = 2 * workers
     report = max(1, len(tasks) // 50)
     with _single_thread_blas():
@@ -521,6 +543,10 @@ def _blocked_heaps(z, k, cell_size, nprobe, seed, inplace, progress=None, cancel
                 th.join()
     if progress:
         progress(1.0, "kNN search (blocked)", {})
+    if stats is not None:
+        pairs = sum((t[1] - t[0]) * (t[4] - t[3]) for t in tasks)
+        stats.update(cells_seconds=cells_done - started, search_seconds=time.perf_counter() - cells_done,
+                     pairs=int(pairs), flops=2.0 * zs.shape[1] * pairs, workers=workers)
     return order, hs, hi
 
 
@@ -534,13 +560,15 @@ def knn_search(
     progress=None,
     cancel=None,
     cell_size: int | None = None,
+    stats: dict | None = None,
 ) -> tuple[np.ndarray, np.ndarray, str]:
     """Cosine kNN of unit rows z (N, D), self excluded.
 
     Returns (ids (N, k) int64, cos (N, k) float32 in descending order, backend).
     Approximate backends may return -1 ids (with -inf cos) where fewer than k were found.
     nprobe: cells compared per cell ('blocked') or lists visited per query ('ivf').
-    z is not modified.
+    stats: a dict the 'blocked' and 'exact' backends fill with their cost (see `_blocked_heaps`).
+    z is not modified. Raises InputError when k is not within 1..N-1.
     """
     import faiss
 
@@ -555,7 +583,7 @@ def knn_search(
         return ids, cos, backend
     if backend in ("blocked", "exact"):
         order, hs, hi = _blocked_heaps(z, k, cell_size or CELL_SIZE, nprobe or CELL_PROBES, seed,
-                                       False, progress, cancel, exhaustive=backend == "exact")
+                                       False, progress, cancel, exhaustive=backend == "exact", stats=stats)
         ids, cos = _heaps_to_lists(order, hs, hi)
         return ids, cos, backend
     kk = k + 1
