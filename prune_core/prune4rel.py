@@ -139,44 +139,45 @@ def initial_gains(indptr, indices, weights, conf, inv_eta, exact):
 
 @numba.njit(cache=True)
 def _edge_factors(indptr, weights, conf, inv_eta):
-    """Per stored entry (x, v): exp(-2 d) and -expm1(-2 d) for d = w(v, x) conf_x / eta.
+    """Per stored entry (x, v): m = -expm1(-2 d) for d = w(v, x) conf_x / eta, (nnz,) float64.
 
-    They do not change during the selection, so the exact gain's inner loop needs no
+    It does not change during the selection, so the exact gain's inner loop needs no
     transcendental function: with e = exp(-2 C_v / eta) kept per example, the tanh
-    increase is 2 e m / ((1 + e ed) (1 + e)), the same expression (and the same floating
-    point operations) as `tanh_increase`.
+    increase tanh(C_v/eta + d) - tanh(C_v/eta) is 2 e m / ((1 + e (1 - m)) (1 + e)), the
+    expression of `tanh_increase` with exp(-2 d) = 1 - m. Only m is stored: 1 - m is
+    accurate to about 1e-16 absolute (and exp(-2 d) >= exp(-2 / eta)), and a second array
+    of nnz doubles would be read from memory on every gain evaluation (that reading is
+    most of the exact mode's time on overlapping neighbourhoods; docs/benchmarks.md).
     """
     n = indptr.shape[0] - 1
-    ed = np.empty(weights.shape[0], dtype=np.float64)
     m1 = np.empty(weights.shape[0], dtype=np.float64)
     for x in range(n):
         cx = conf[x]
         for j in range(indptr[x], indptr[x + 1]):
-            delta = weights[j] * cx * inv_eta
-            ed[j] = np.exp(-2.0 * delta)
-            m1[j] = -np.expm1(-2.0 * delta)
-    return ed, m1
+            m1[j] = -np.expm1(-2.0 * (weights[j] * cx * inv_eta))
+    return m1
 
 
 @numba.njit(cache=True)
-def _exact_gain_fast(x, indptr, indices, ed, m1, ebase):
-    """`_exact_gain` from the precomputed factors (bit-identical result)."""
+def _exact_gain_fast(x, indptr, indices, m1, ebase):
+    """`_exact_gain` from the precomputed factors (equal to it within a few ulps)."""
     total = 0.0
     for j in range(indptr[x], indptr[x + 1]):
         e_base = ebase[indices[j]]
-        total += 2.0 * e_base * m1[j] / ((1.0 + e_base * ed[j]) * (1.0 + e_base))
+        m = m1[j]
+        total += 2.0 * e_base * m / ((1.0 + e_base * (1.0 - m)) * (1.0 + e_base))
     return total
 
 
 @numba.njit(cache=True)
 def _greedy_steps(t_start, t_end, class_seq, indptr, indices, weights, conf, inv_eta, exact,
-                  hg, hi, off, size, cover, picks, gains, scores, ed, m1, ebase, evaluations):
+                  hg, hi, off, size, cover, picks, gains, scores, m1, ebase, evaluations):
     """Run greedy picks t_start..t_end-1 in place (state: heaps, cover C, outputs).
 
     evaluations (1,) int64 counts the gain evaluations (one per pick plus the re-evaluations
     of stale keys).
 
-    exact mode uses the precomputed factors ed, m1 and ebase[v] = exp(-2 C_v / eta);
+    exact mode uses the precomputed factors m1 and ebase[v] = exp(-2 C_v / eta);
     official mode passes empty arrays for them.
     """
     for t in range(t_start, t_end):
@@ -188,7 +189,7 @@ def _greedy_steps(t_start, t_end, class_seq, indptr, indices, weights, conf, inv
             # and a push, same order of evaluations and picks.
             x = hi[base]
             if exact:
-                g = _exact_gain_fast(x, indptr, indices, ed, m1, ebase)
+                g = _exact_gain_fast(x, indptr, indices, m1, ebase)
             else:
                 g = tanh_increase(cover[x] * inv_eta, conf[x] * inv_eta)
             evaluations[0] += 1
@@ -283,17 +284,17 @@ def greedy_neighbourhood_confidence(
     gains = np.empty(budget, dtype=np.float64)
     scores = np.empty(budget, dtype=np.float64)
     if exact:
-        ed, m1 = _edge_factors(indptr, weights, conf, inv_eta)
+        m1 = _edge_factors(indptr, weights, conf, inv_eta)
         ebase = np.ones(n, dtype=np.float64)  # exp(-2 C_v / eta) with C = 0
     else:
-        ed = m1 = ebase = np.empty(0, dtype=np.float64)
+        m1 = ebase = np.empty(0, dtype=np.float64)
     evaluations = np.zeros(1, dtype=np.int64)
     chunk = max(1, budget // 100)
     for start in range(0, budget, chunk):
         check_cancel(cancel)
         end = min(budget, start + chunk)
         _greedy_steps(start, end, seq, indptr, indices, weights, conf, inv_eta, exact,
-                      hg, hi, off, size, cover, picks, gains, scores, ed, m1, ebase, evaluations)
+                      hg, hi, off, size, cover, picks, gains, scores, m1, ebase, evaluations)
         if progress:
             progress(end / budget, f"prune4rel {mode}: {end}/{budget} picked", {})
     if stats is not None:
