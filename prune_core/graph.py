@@ -327,10 +327,12 @@ def build_graph_with_knn(
     cell_size: int | None = None,
     progress=None,
     cancel=None,
+    stats: dict | None = None,
 ):
     """`build_graph` that also returns the kNN lists it thresholded (for recall checks).
 
     Returns (graph, info, ids, cos); ids/cos are None for the range graph (k=None).
+    stats: a dict the blocked and exact searches fill with their cost (`knn.knn_search`).
     """
     start = time.perf_counter()
     tau_value, tau_text = parse_tau(tau)
@@ -362,13 +364,14 @@ def build_graph_with_knn(
             # Same as knn_search, but z (our own copy) is reordered in place and freed
             # before the kNN lists are allocated: one N x D copy at any time.
             order, hs, hi = _blocked_heaps(z, k, cell_size or CELL_SIZE, nprobe or CELL_PROBES,
-                                           seed, True, progress, cancel, exhaustive=backend == "exact")
+                                           seed, True, progress, cancel, exhaustive=backend == "exact",
+                                           stats=stats)
             del z
             ids, cos = _heaps_to_lists(order, hs, hi)
             del order, hs, hi
         else:
             ids, cos, backend = knn_search(z, k, search, nprobe, device, seed, progress, cancel,
-                                           cell_size=cell_size)
+                                           cell_size=cell_size, stats=stats)
             del z
         if tau_value is None:
             tau_value = auto_tau(cos, target_neighbours)

@@ -31,7 +31,9 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import threading
+import time
 
 import numba
 import numpy as np
@@ -48,8 +50,36 @@ BLOCK_ROWS = 4096
 CELL_SIZE = 128
 CELL_PROBES = 8
 CELL_SPACE_DIM = 32
-# Threads computing similarity blocks in the blocked search (the calling thread merges).
-_BLOCK_WORKERS = 1
+# Threads computing similarity blocks in the blocked search, and threads merging them into the
+# heaps (`_MERGE_WORKERS`, the calling thread included); None: one per core the process may
+# use, at most 4. With one merger the merges (a third of the CPU time) ran on one core while
+# the products waited for them (see docs/benchmarks.md, "both cores").
+_BLOCK_WORKERS: int | None = None
+_MAX_BLOCK_WORKERS = 4
+
+
+_MERGE_WORKERS: int | None = None
+
+
+def _usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not on Linux
+        return os.cpu_count() or 1
+
+
+def merge_workers() -> int:
+    """Threads merging blocks into the kNN heaps: `_MERGE_WORKERS`, else the usable cores (<= 4)."""
+    if _MERGE_WORKERS is not None:
+        return max(1, int(_MERGE_WORKERS))
+    return max(1, min(_MAX_BLOCK_WORKERS, _usable_cores()))
+
+
+def block_workers() -> int:
+    """Producer threads of the blocked search: `_BLOCK_WORKERS`, else the usable cores (<= 4)."""
+    if _BLOCK_WORKERS is not None:
+        return max(1, int(_BLOCK_WORKERS))
+    return max(1, min(_MAX_BLOCK_WORKERS, _usable_cores()))
 # Exact CPU search: rows per block. Blocked/exact products are tiles of at most
 # _TILE_ROWS x _TILE_COLUMNS (64 MB in fp32).
 _EXACT_BLOCK = 1024
@@ -196,35 +226,44 @@ def _heap_replace_top(hs, hi, row, s, j):
 
 
 @numba.njit(cache=True, nogil=True)
-def _update_heaps(sim, row0, cols, c0, hs, hi):
+def _update_heaps(sim, row0, cols, c0, hs, hi, rows_owned, owned):
     """Offer the similarities of one cell's block to the kNN heaps of both sides.
 
     sim (m, C): rows are the cell's points (positions row0 + r), columns the candidates at
     positions cols[c]; the first c0 columns are the cell itself. Each row's heap gets every
-    column (itself excluded); each candidate outside the cell (c >= c0) gets every row (its
-    side of the same pair). Serial on purpose: see `blocked_knn` for the threading.
+    column (itself excluded) when rows_owned; each candidate outside the cell (c >= c0)
+    whose heap this merger owns (owned[cols[c]]) gets every row (its side of the same
+    pair). Every heap has one owner, so mergers never touch the same heap; see
+    `_blocked_heaps` for the threading.
     """
     m, c_total = sim.shape
-    for r in range(m):
-        i = row0 + r
-        floor = hs[i, 0]  # the heap's smallest kept similarity, cached in a register
-        for c in range(c_total):
-            s = sim[r, c]
-            if s > floor:
-                j = cols[c]
-                if j != i:
-                    _heap_replace_top(hs, hi, i, s, j)
-                    floor = hs[i, 0]
+    if rows_owned:
+        for r in range(m):
+            i = row0 + r
+            floor = hs[i, 0]  # the heap's smallest kept similarity, cached in a register
+            for c in range(c_total):
+                s = sim[r, c]
+                if s > floor:
+                    j = cols[c]
+                    if j != i:
+                        _heap_replace_top(hs, hi, i, s, j)
+                        floor = hs[i, 0]
     # Columns in chunks of 16 so each pass over the rows reads whole cache lines.
     floors = np.empty(16, dtype=hs.dtype)
+    mine = np.empty(16, dtype=np.bool_)
     for a in range(c0, c_total, 16):
         b = min(c_total, a + 16)
+        any_mine = False
         for c in range(a, b):
+            mine[c - a] = owned[cols[c]]
+            any_mine = any_mine or mine[c - a]
             floors[c - a] = hs[cols[c], 0]
+        if not any_mine:
+            continue
         for r in range(m):
             for c in range(a, b):
                 s = sim[r, c]
-                if s > floors[c - a]:
+                if mine[c - a] and s > floors[c - a]:
                     j = cols[c]
                     _heap_replace_top(hs, hi, j, s, row0 + r)
                     floors[c - a] = hs[j, 0]
@@ -402,20 +441,27 @@ def _heaps_to_lists(order, hs, hi):
 
 
 def _blocked_heaps(z, k, cell_size, nprobe, seed, inplace, progress=None, cancel=None,
-                   exhaustive: bool = False):
+                   exhaustive: bool = False, stats: dict | None = None):
     """The blocked search up to its heaps: (order, hs (N, k), hi (N, k)) in cell order.
 
     inplace=True reorders z's rows in place (cell order) instead of making a sorted copy;
     the caller must not use z afterwards. exhaustive=True compares every pair (the exact
     CPU search): cells are then plain runs of _EXACT_BLOCK consecutive rows, no clustering.
 
-    Threading: a producer thread computes the blocks of similarities (one single-threaded
-    BLAS matmul per block, GIL released), while the calling thread merges finished blocks
-    into the heaps in a fixed order (numba, GIL released), so results do not depend on
-    timing. Coarse threads instead of BLAS's or faiss's own pools, because small
+    Threading: producer threads (`block_workers`) compute the blocks of similarities (one
+    single-threaded BLAS matmul per block, GIL released), while merger threads
+    (`merge_workers`, the calling thread among them) merge finished blocks into the heaps
+    (numba, GIL released): each owns the heaps of the cells whose id mod the merger count is
+    its number and takes every block in task order, so each heap receives its offers in a
+    fixed order and results do not depend on timing. Coarse threads instead of BLAS's or faiss's own pools, because small
     multi-threaded calls alternating with other work stall badly on a 2-core machine
     shared with other processes (every barrier waits for a descheduled thread).
+
+    stats: when a dict, filled with what the search cost: `cells_seconds` (clustering),
+    `search_seconds` (products and merges), `pairs` (similarities computed), `flops`
+    (2 D pairs, the products' floating-point operations) and `workers` (producer threads).
     """
+    started = time.perf_counter()
     n = z.shape[0]
     if exhaustive:
         order = np.arange(n, dtype=np.int64)
@@ -424,6 +470,7 @@ def _blocked_heaps(z, k, cell_size, nprobe, seed, inplace, progress=None, cancel
     else:
         with _single_thread_blas(None):
             order, offsets, pptr, partners = make_cells(z, cell_size, nprobe, seed)
+    cells_done = time.perf_counter()
     if exhaustive:
         zs = z
     elif inplace:
@@ -461,58 +508,104 @@ def _blocked_heaps(z, k, cell_size, nprobe, seed, inplace, progress=None, cancel
     def block(task):
         r0, r1, kind, lo, hi_, c = task
         if kind == "own":
-            return r0, np.arange(lo, hi_), hi_ - lo, zs[r0:r1] @ zs[lo:hi_].T
+            return r0, np.arange(lo, hi_), hi_ - lo, zs[r0:r1] @ zs[lo:hi_].T, c
         if kind == "range":
-            return r0, np.arange(lo, hi_), 0, zs[r0:r1] @ zs[lo:hi_].T
+            return r0, np.arange(lo, hi_), 0, zs[r0:r1] @ zs[lo:hi_].T, c
         others = partners[pptr[c] : pptr[c + 1]]
         cols = np.concatenate([np.arange(offsets[b], offsets[b + 1]) for b in others])[lo:hi_]
-        return r0, cols, 0, zs[r0:r1] @ zs[cols].T
+        return r0, cols, 0, zs[r0:r1] @ zs[cols].T, c
 
+    # Mergers: heap rows are split by cell among `mergers` threads (cell id mod mergers);
+    # every merger walks all blocks in task order and offers only to the heaps it owns, so
+    # each heap gets its offers in the same order whatever the timing (results do not
+    # depend on it) and no two threads write one heap. The calling thread is merger 0.
+    mergers = merge_workers()
+    cell_of_pos = np.repeat(np.arange(nlist, dtype=np.int64), np.diff(offsets))
+    owned = [(cell_of_pos % mergers) == w for w in range(mergers)]
+    del cell_of_pos
     done: dict = {}
     cond = threading.Condition()
-    state = {"next": 0, "stop": False}
+    state = {"next": [0] * mergers, "stop": False, "error": None}
+    unseen: dict = {}
 
     def produce(first, stride):
         for t in range(first, len(tasks), stride):
-            with cond:  # stay at most `ahead` blocks ahead of the consumer (memory bound)
-                while not state["stop"] and t >= state["next"] + ahead:
+            with cond:  # stay at most `ahead` blocks ahead of the slowest merger (memory bound)
+                while not state["stop"] and t >= min(state["next"]) + ahead:
                     cond.wait()
                 if state["stop"]:
                     return
             try:
                 item = block(tasks[t])
-            except BaseException as exc:  # handed to the consumer, re-raised there
+            except BaseException as exc:  # handed to the mergers, re-raised by merger 0
                 item = exc
             with cond:
                 done[t] = item
+                unseen[t] = mergers
                 cond.notify_all()
 
-    workers = _BLOCK_WORKERS
-    ahead = 2 * workers
+    def take(w, t):
+        """Block t for merger w (None when stopping), waiting for it."""
+        with cond:
+            while t not in done and not state["stop"]:
+                cond.wait()
+            if state["stop"] and t not in done:
+                return None
+            item = done[t]
+            unseen[t] -= 1
+            if unseen[t] == 0:
+                del done[t], unseen[t]
+            state["next"][w] = t + 1
+            cond.notify_all()
+            return item
+
+    def merge(w, item):
+        r0, cols, c0, sim, c = item
+        _update_heaps(sim, r0, cols, c0, hs, hi, c % mergers == w, owned[w])
+
+    def merge_thread(w):
+        try:
+            for t in range(len(tasks)):
+                item = take(w, t)
+                if item is None or isinstance(item, BaseException):
+                    return
+                merge(w, item)
+                del item
+        except BaseException as exc:  # re-raised by merger 0
+            with cond:
+                state["error"] = exc
+                state["stop"] = True
+                cond.notify_all()
+
+    workers = block_workers()
+    ahead = 2 * workers + mergers
     report = max(1, len(tasks) // 50)
     with _single_thread_blas():
         threads = [threading.Thread(target=produce, args=(w, workers), name=f"blocked-knn-{w}",
                                     daemon=True) for w in range(workers)]
+        threads += [threading.Thread(target=merge_thread, args=(w,), name=f"blocked-knn-merge-{w}",
+                                     daemon=True) for w in range(1, mergers)]
         for th in threads:
             th.start()
         try:
             for t in range(len(tasks)):
-                with cond:
-                    while t not in done:
-                        cond.wait()
-                    item = done.pop(t)
-                    state["next"] = t + 1
-                    cond.notify_all()
+                item = take(0, t)
+                if state["error"] is not None:
+                    raise state["error"]
+                if item is None:  # stopped without an error: cannot happen, but never hang
+                    raise RuntimeError("blocked kNN search stopped early")
                 if isinstance(item, BaseException):
                     raise item
-                r0, cols, c0, sim = item
-                # Blocks are merged in task order, so the result does not depend on timing.
-                _update_heaps(sim, r0, cols, c0, hs, hi)
-                del item, sim
+                merge(0, item)
+                del item
                 if t % report == 0:
                     check_cancel(cancel)
                     if progress:
                         progress(t / len(tasks), "kNN search (blocked)", {})
+            for th in threads[workers:]:
+                th.join()
+            if state["error"] is not None:
+                raise state["error"]
         finally:
             with cond:
                 state["stop"] = True
@@ -521,6 +614,10 @@ def _blocked_heaps(z, k, cell_size, nprobe, seed, inplace, progress=None, cancel
                 th.join()
     if progress:
         progress(1.0, "kNN search (blocked)", {})
+    if stats is not None:
+        pairs = sum((t[1] - t[0]) * (t[4] - t[3]) for t in tasks)
+        stats.update(cells_seconds=cells_done - started, search_seconds=time.perf_counter() - cells_done,
+                     pairs=int(pairs), flops=2.0 * zs.shape[1] * pairs, workers=workers, mergers=mergers)
     return order, hs, hi
 
 
@@ -534,13 +631,15 @@ def knn_search(
     progress=None,
     cancel=None,
     cell_size: int | None = None,
+    stats: dict | None = None,
 ) -> tuple[np.ndarray, np.ndarray, str]:
     """Cosine kNN of unit rows z (N, D), self excluded.
 
     Returns (ids (N, k) int64, cos (N, k) float32 in descending order, backend).
     Approximate backends may return -1 ids (with -inf cos) where fewer than k were found.
     nprobe: cells compared per cell ('blocked') or lists visited per query ('ivf').
-    z is not modified.
+    stats: a dict the 'blocked' and 'exact' backends fill with their cost (see `_blocked_heaps`).
+    z is not modified. Raises InputError when k is not within 1..N-1.
     """
     import faiss
 
@@ -555,7 +654,7 @@ def knn_search(
         return ids, cos, backend
     if backend in ("blocked", "exact"):
         order, hs, hi = _blocked_heaps(z, k, cell_size or CELL_SIZE, nprobe or CELL_PROBES, seed,
-                                       False, progress, cancel, exhaustive=backend == "exact")
+                                       False, progress, cancel, exhaustive=backend == "exact", stats=stats)
         ids, cos = _heaps_to_lists(order, hs, hi)
         return ids, cos, backend
     kk = k + 1

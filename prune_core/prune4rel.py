@@ -39,6 +39,25 @@ def _better(g1, i1, g2, i2):
     return g1 > g2 or (g1 == g2 and i1 < i2)
 
 
+@numba.njit(cache=True, inline="always")
+def _sift_down(hg, hi, base, m, pos, g, i):
+    """Place (g, i) at `pos` of the heap segment base:base+m and sift it down."""
+    while True:
+        child = 2 * pos + 1
+        if child >= m:
+            break
+        if child + 1 < m and _better(hg[base + child + 1], hi[base + child + 1], hg[base + child], hi[base + child]):
+            child += 1
+        if _better(hg[base + child], hi[base + child], g, i):
+            hg[base + pos] = hg[base + child]
+            hi[base + pos] = hi[base + child]
+            pos = child
+        else:
+            break
+    hg[base + pos] = g
+    hi[base + pos] = i
+
+
 @numba.njit(cache=True)
 def _heap_pop(hg, hi, off, size, c):
     """Remove and return the top (gain, id) of class heap c (segment off[c]:off[c]+size[c])."""
@@ -48,24 +67,18 @@ def _heap_pop(hg, hi, off, size, c):
     size[c] -= 1
     m = size[c]
     if m > 0:
-        g = hg[base + m]
-        i = hi[base + m]
-        pos = 0
-        while True:
-            child = 2 * pos + 1
-            if child >= m:
-                break
-            if child + 1 < m and _better(hg[base + child + 1], hi[base + child + 1], hg[base + child], hi[base + child]):
-                child += 1
-            if _better(hg[base + child], hi[base + child], g, i):
-                hg[base + pos] = hg[base + child]
-                hi[base + pos] = hi[base + child]
-                pos = child
-            else:
-                break
-        hg[base + pos] = g
-        hi[base + pos] = i
+        _sift_down(hg, hi, base, m, 0, hg[base + m], hi[base + m])
     return top_g, top_i
+
+
+@numba.njit(cache=True, inline="always")
+def _runner_up(hg, hi, base, m):
+    """Position (within the segment) of the best key below the top, or -1 if m < 2."""
+    if m < 2:
+        return -1
+    if m > 2 and _better(hg[base + 2], hi[base + 2], hg[base + 1], hi[base + 1]):
+        return 2
+    return 1
 
 
 @numba.njit(cache=True)
@@ -126,55 +139,66 @@ def initial_gains(indptr, indices, weights, conf, inv_eta, exact):
 
 @numba.njit(cache=True)
 def _edge_factors(indptr, weights, conf, inv_eta):
-    """Per stored entry (x, v): exp(-2 d) and -expm1(-2 d) for d = w(v, x) conf_x / eta.
+    """Per stored entry (x, v): m = -expm1(-2 d) for d = w(v, x) conf_x / eta, (nnz,) float64.
 
-    They do not change during the selection, so the exact gain's inner loop needs no
+    It does not change during the selection, so the exact gain's inner loop needs no
     transcendental function: with e = exp(-2 C_v / eta) kept per example, the tanh
-    increase is 2 e m / ((1 + e ed) (1 + e)), the same expression (and the same floating
-    point operations) as `tanh_increase`.
+    increase tanh(C_v/eta + d) - tanh(C_v/eta) is 2 e m / ((1 + e (1 - m)) (1 + e)), the
+    expression of `tanh_increase` with exp(-2 d) = 1 - m. Only m is stored: 1 - m is
+    accurate to about 1e-16 absolute (and exp(-2 d) >= exp(-2 / eta)), and a second array
+    of nnz doubles would be read from memory on every gain evaluation (that reading is
+    most of the exact mode's time on overlapping neighbourhoods; docs/benchmarks.md).
     """
     n = indptr.shape[0] - 1
-    ed = np.empty(weights.shape[0], dtype=np.float64)
     m1 = np.empty(weights.shape[0], dtype=np.float64)
     for x in range(n):
         cx = conf[x]
         for j in range(indptr[x], indptr[x + 1]):
-            delta = weights[j] * cx * inv_eta
-            ed[j] = np.exp(-2.0 * delta)
-            m1[j] = -np.expm1(-2.0 * delta)
-    return ed, m1
+            m1[j] = -np.expm1(-2.0 * (weights[j] * cx * inv_eta))
+    return m1
 
 
 @numba.njit(cache=True)
-def _exact_gain_fast(x, indptr, indices, ed, m1, ebase):
-    """`_exact_gain` from the precomputed factors (bit-identical result)."""
+def _exact_gain_fast(x, indptr, indices, m1, ebase):
+    """`_exact_gain` from the precomputed factors (equal to it within a few ulps)."""
     total = 0.0
     for j in range(indptr[x], indptr[x + 1]):
         e_base = ebase[indices[j]]
-        total += 2.0 * e_base * m1[j] / ((1.0 + e_base * ed[j]) * (1.0 + e_base))
+        m = m1[j]
+        total += 2.0 * e_base * m / ((1.0 + e_base * (1.0 - m)) * (1.0 + e_base))
     return total
 
 
 @numba.njit(cache=True)
 def _greedy_steps(t_start, t_end, class_seq, indptr, indices, weights, conf, inv_eta, exact,
-                  hg, hi, off, size, cover, picks, gains, scores, ed, m1, ebase):
+                  hg, hi, off, size, cover, picks, gains, scores, m1, ebase, evaluations):
     """Run greedy picks t_start..t_end-1 in place (state: heaps, cover C, outputs).
 
-    exact mode uses the precomputed factors ed, m1 and ebase[v] = exp(-2 C_v / eta);
+    evaluations (1,) int64 counts the gain evaluations (one per pick plus the re-evaluations
+    of stale keys).
+
+    exact mode uses the precomputed factors m1 and ebase[v] = exp(-2 C_v / eta);
     official mode passes empty arrays for them.
     """
     for t in range(t_start, t_end):
         c = class_seq[t]
+        base = off[c]
         while True:
-            _, x = _heap_pop(hg, hi, off, size, c)
+            # Peek at the top, refresh its key, and either take it (it still beats the best
+            # key below it) or sift the fresh key down in place: one sift instead of a pop
+            # and a push, same order of evaluations and picks.
+            x = hi[base]
             if exact:
-                g = _exact_gain_fast(x, indptr, indices, ed, m1, ebase)
+                g = _exact_gain_fast(x, indptr, indices, m1, ebase)
             else:
                 g = tanh_increase(cover[x] * inv_eta, conf[x] * inv_eta)
-            # Stale keys are upper bounds (gains only shrink): x wins if it still beats the top.
-            if size[c] == 0 or not _better(hg[off[c]], hi[off[c]], g, x):
+            evaluations[0] += 1
+            # Stale keys are upper bounds (gains only shrink): x wins if it still beats the rest.
+            r = _runner_up(hg, hi, base, size[c])
+            if r < 0 or not _better(hg[base + r], hi[base + r], g, x):
+                _heap_pop(hg, hi, off, size, c)
                 break
-            _heap_push(hg, hi, off, size, c, g, x)
+            _sift_down(hg, hi, base, size[c], 0, g, x)
         picks[t] = x
         scores[t] = g
         gains[t] = g if exact else _exact_gain(x, indptr, indices, weights, conf, cover, inv_eta)
@@ -221,12 +245,18 @@ def greedy_neighbourhood_confidence(
     balance: str = "none",
     progress=None,
     cancel=None,
+    stats: dict | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Greedy Prune4ReL selection on a sparse graph.
 
     graph: CSR (N, N) weights w (unit diagonal). conf: (N,) confidences in [0, 1].
     Returns (picks (budget,) int64 in pick order, gains (budget,) true marginal gains in F,
     scores (budget,) the greedy score of each pick, cover (N,) final C(x; S)).
+    stats: when a dict, gets `evaluations` (gain evaluations, stale-key refreshes included)
+    and `evaluations_per_pick`. Raises InputError for an unknown mode, eta <= 0 or a graph
+    that is not sparse (N, N). Objective: F(S) = sum over all x of tanh(C(x; S) / eta), the
+    total reduced neighbourhood confidence (paper, Sec. 3; its Algorithm 1 is the greedy),
+    maximised by lazy greedy on the exact marginal gain (Minoux's accelerated greedy).
     """
     if mode not in MODES:
         raise InputError(f"unknown prune4rel mode {mode!r}; choose one of {', '.join(MODES)}")
@@ -254,18 +284,22 @@ def greedy_neighbourhood_confidence(
     gains = np.empty(budget, dtype=np.float64)
     scores = np.empty(budget, dtype=np.float64)
     if exact:
-        ed, m1 = _edge_factors(indptr, weights, conf, inv_eta)
+        m1 = _edge_factors(indptr, weights, conf, inv_eta)
         ebase = np.ones(n, dtype=np.float64)  # exp(-2 C_v / eta) with C = 0
     else:
-        ed = m1 = ebase = np.empty(0, dtype=np.float64)
+        m1 = ebase = np.empty(0, dtype=np.float64)
+    evaluations = np.zeros(1, dtype=np.int64)
     chunk = max(1, budget // 100)
     for start in range(0, budget, chunk):
         check_cancel(cancel)
         end = min(budget, start + chunk)
         _greedy_steps(start, end, seq, indptr, indices, weights, conf, inv_eta, exact,
-                      hg, hi, off, size, cover, picks, gains, scores, ed, m1, ebase)
+                      hg, hi, off, size, cover, picks, gains, scores, m1, ebase, evaluations)
         if progress:
             progress(end / budget, f"prune4rel {mode}: {end}/{budget} picked", {})
+    if stats is not None:
+        stats.update(evaluations=int(evaluations[0]),
+                     evaluations_per_pick=float(evaluations[0]) / budget if budget else 0.0)
     return picks, gains, scores, cover
 
 

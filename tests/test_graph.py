@@ -216,6 +216,27 @@ def test_blocked_search_is_deterministic_and_leaves_input_alone():
     np.testing.assert_array_equal(z, z_before)  # build_graph works on its own copy
 
 
+@pytest.mark.parametrize("search", ["blocked", "exact"])
+def test_blocked_search_same_result_with_any_thread_counts(monkeypatch, search):
+    """Producers and mergers (each merger owns the heaps of some cells) give the same lists
+    as one producer and one merger, ties included (duplicated rows)."""
+    z = clustered(n=2400, d=16, seed=11)
+    z[1::7] = z[0::7][: len(z[1::7])]  # exact duplicates: equal similarities everywhere
+    u = normalize_embeddings(z)
+    results = []
+    for producers, mergers in ((1, 1), (2, 2), (3, 4)):
+        monkeypatch.setattr(knn_mod, "_BLOCK_WORKERS", producers)
+        monkeypatch.setattr(knn_mod, "_MERGE_WORKERS", mergers)
+        stats = {}
+        monkeypatch.setattr(knn_mod, "EXACT_SEARCH_MAX_N", 10**9)
+        ids, cos, _ = knn_search(u, 10, search=search, cell_size=70, stats=stats)
+        assert stats["workers"] == producers and stats["mergers"] == mergers and stats["flops"] > 0
+        results.append((ids, cos))
+    for ids, cos in results[1:]:
+        np.testing.assert_array_equal(ids, results[0][0])
+        np.testing.assert_array_equal(cos, results[0][1])
+
+
 def test_auto_search_picks_blocked_above_the_exact_limit(monkeypatch):
     monkeypatch.setattr(knn_mod, "_faiss_gpu_available", lambda: False)
     monkeypatch.setattr(knn_mod, "_torch_cuda_available", lambda: False)
