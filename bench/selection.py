@@ -373,7 +373,8 @@ def worker_main(spec: dict) -> dict:
     if knn_stats[best]:
         st = knn_stats[best]
         out.update(knn_flops=st["flops"], knn_search_seconds=st["search_seconds"],
-                   knn_cells_seconds=st["cells_seconds"], knn_workers=st["workers"])
+                   knn_cells_seconds=st["cells_seconds"], knn_workers=st["workers"],
+                   knn_mergers=st.get("mergers", 1))
     out["graph_seconds"] = min(graph_times)
     out["graph_seconds_all"] = graph_times
     out["graph_cpu_seconds"] = min(graph_cpu)
@@ -557,7 +558,7 @@ def row(spec: dict, res: dict) -> dict:
     if "knn_flops" in main:
         r.update(knn_gflops=main["knn_flops"] / 1e9 / main["knn_search_seconds"],
                  knn_search_s=main["knn_search_seconds"], cells_s=main["knn_cells_seconds"],
-                 knn_workers=main["knn_workers"])
+                 knn_workers=main["knn_workers"], knn_mergers=main.get("knn_mergers", 1))
     if "knn" in main:
         r["knn"] = main["knn"]
     if "error" in dense:
@@ -629,7 +630,7 @@ def _ratio(v) -> str:
 
 
 def table(rows: list[dict], peak: dict | None = None) -> str:
-    head = ("| config | load (start-end) | backend | graph s | kNN search s (cells s), threads | kNN GFLOP/s "
+    head = ("| config | load (start-end) | backend | graph s | kNN search s (cells s), producers+mergers | kNN GFLOP/s "
             "(share of SGEMM, all cores) | recall@k (tau-edges) | sel exact s | exact evaluations/pick | "
             "sel official s | F exact | "
             "F official | exact>=official | dense ms/step | dense total s | speed-up official | "
@@ -646,7 +647,7 @@ def table(rows: list[dict], peak: dict | None = None) -> str:
                   + (" (whole selection)" if r.get("parity_whole") else "")) if "parity_fp32" in r else "-"
         knn = (f"{r['knn_official_match']}/{r['dense_steps']}" if dense else "-")
         if "knn_gflops" in r:
-            search = f"{r['knn_search_s']:.2f} ({r['cells_s']:.2f}), {r['knn_workers']}+1"
+            search = f"{r['knn_search_s']:.2f} ({r['cells_s']:.2f}), {r['knn_workers']}+{r.get('knn_mergers', 1)}"
             share = f" ({r['knn_gflops'] / peak['sgemm_all']:.0%})" if peak else ""
             gflops = f"{r['knn_gflops']:.1f}{share}"
         else:
