@@ -453,13 +453,15 @@ def _blocked_heaps(z, k, cell_size, nprobe, seed, inplace, progress=None, cancel
     (`merge_workers`, the calling thread among them) merge finished blocks into the heaps
     (numba, GIL released): each owns the heaps of the cells whose id mod the merger count is
     its number and takes every block in task order, so each heap receives its offers in a
-    fixed order and results do not depend on timing. Coarse threads instead of BLAS's or faiss's own pools, because small
-    multi-threaded calls alternating with other work stall badly on a 2-core machine
-    shared with other processes (every barrier waits for a descheduled thread).
+    fixed order and results do not depend on timing. Coarse threads instead of BLAS's or
+    faiss's own pools, because small multi-threaded calls alternating with other work stall
+    badly on a 2-core machine shared with other processes (every barrier waits for a
+    descheduled thread).
 
     stats: when a dict, filled with what the search cost: `cells_seconds` (clustering),
     `search_seconds` (products and merges), `pairs` (similarities computed), `flops`
-    (2 D pairs, the products' floating-point operations) and `workers` (producer threads).
+    (2 D pairs, the products' floating-point operations), `workers` (producer threads) and
+    `mergers` (merger threads).
     """
     started = time.perf_counter()
     n = z.shape[0]

@@ -81,23 +81,6 @@ def _runner_up(hg, hi, base, m):
     return 1
 
 
-@numba.njit(cache=True)
-def _heap_push(hg, hi, off, size, c, g, i):
-    base = off[c]
-    pos = size[c]
-    size[c] += 1
-    while pos > 0:
-        parent = (pos - 1) // 2
-        if _better(g, i, hg[base + parent], hi[base + parent]):
-            hg[base + pos] = hg[base + parent]
-            hi[base + pos] = hi[base + parent]
-            pos = parent
-        else:
-            break
-    hg[base + pos] = g
-    hi[base + pos] = i
-
-
 @numba.njit(cache=True, inline="always")
 def tanh_increase(base, delta):
     """tanh(base + delta) - tanh(base) for base, delta >= 0, without cancellation.
