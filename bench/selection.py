@@ -284,20 +284,20 @@ def knn_comparison(x: np.ndarray, queries: np.ndarray, truth: np.ndarray, spec: 
             break
     del index, quantizer
     default_threads = faiss.omp_get_max_threads()
-    for name, p in (("same", CELL_PROBES), ("equal", equal)):
-        if name == "equal" and p == CELL_PROBES:  # the same run
-            for key in ("nprobe", "seconds", "recall", "threads"):
-                out[f"ivf_equal_{key}"] = out[f"ivf_same_{key}"]
-            break
-        # IVF gets its best case: faiss's OpenMP threads as configured or one thread (on a
-        # loaded 2-core machine multi-threaded faiss calls can stall), best of the repeats.
+
+    def timed_ivf(build_index, nprobe):
+        """((best seconds of build + search of all rows, its threads), recall@k) of an IVF index.
+
+        IVF gets its best case: faiss's OpenMP threads as configured or one thread (on a
+        loaded 2-core machine multi-threaded faiss calls can stall), best of the repeats.
+        """
         times, recall = [], None
         for threads in (default_threads, 1):
             faiss.omp_set_num_threads(threads)
             try:
                 for _ in range(repeats):
-                    (index, quantizer), build_s = build()
-                    index.nprobe = p
+                    (index, quantizer), build_s = build_index()
+                    index.nprobe = nprobe
                     t = time.perf_counter()
                     found = index.search(z, k + 1)[1]
                     times.append((build_s + time.perf_counter() - t, threads))
@@ -305,9 +305,15 @@ def knn_comparison(x: np.ndarray, queries: np.ndarray, truth: np.ndarray, spec: 
                     del index, quantizer, found
             finally:
                 faiss.omp_set_num_threads(default_threads)
+        return min(times), recall
+
+    for name, p in (("same", CELL_PROBES), ("equal", equal)):
+        if name == "equal" and p == CELL_PROBES:  # the same run
+            for key in ("nprobe", "seconds", "recall", "threads"):
+                out[f"ivf_equal_{key}"] = out[f"ivf_same_{key}"]
+            break
+        (out[f"ivf_{name}_seconds"], out[f"ivf_{name}_threads"]), out[f"ivf_{name}_recall"] = timed_ivf(build, p)
         out[f"ivf_{name}_nprobe"] = p
-        out[f"ivf_{name}_seconds"], out[f"ivf_{name}_threads"] = min(times)
-        out[f"ivf_{name}_recall"] = recall
     # IVF on the blocked search's own cells: the cells' mean directions are the coarse
     # quantizer (no k-means in D dimensions), nprobe = CELL_PROBES: cell for cell the same
     # partition, so this compares the two searches alone. Timed from the cells' clustering on.
@@ -324,22 +330,8 @@ def knn_comparison(x: np.ndarray, queries: np.ndarray, truth: np.ndarray, spec: 
         index.add(z)
         return (index, quantizer), time.perf_counter() - t
 
-    times, recall = [], None
-    for threads in (default_threads, 1):
-        faiss.omp_set_num_threads(threads)
-        try:
-            for _ in range(repeats):
-                (index, quantizer), build_s = build_on_cells()
-                index.nprobe = CELL_PROBES
-                t = time.perf_counter()
-                found = index.search(z, k + 1)[1]
-                times.append((build_s + time.perf_counter() - t, threads))
-                recall = _recall(neighbours(found[queries], queries), truth, k)
-                del index, quantizer, found
-        finally:
-            faiss.omp_set_num_threads(default_threads)
-    out["ivf_cells_seconds"], out["ivf_cells_threads"] = min(times)
-    out["ivf_cells_recall"] = recall
+    (out["ivf_cells_seconds"], out["ivf_cells_threads"]), out["ivf_cells_recall"] = timed_ivf(
+        build_on_cells, CELL_PROBES)
     out["ivf_ratio_cells"] = out["ivf_cells_seconds"] / out["blocked_seconds"]
     out["ivf_ratio_same"] = out["ivf_same_seconds"] / out["blocked_seconds"]
     out["ivf_ratio_equal"] = out["ivf_equal_seconds"] / out["blocked_seconds"]
