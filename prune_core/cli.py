@@ -118,6 +118,17 @@ def build_parser() -> argparse.ArgumentParser:
                      help="(N,) ground-truth class ids, when known (metrics then report the noise kept)")
     _add_selection_options(sel)
     _add_one_selection(sel)
+    sel.add_argument("--engine", default="local", choices=["local", "ray"],
+                     help="local: this process (default); ray: graph and prune4rel partitioned over a Ray cluster "
+                          "(--embeddings must be a .npy file every node can read)")
+    sel.add_argument("--ray-address", default=None,
+                     help="--engine ray: HOST:PORT, ray://HOST:PORT or auto of a running cluster "
+                          "(default: start a local one)")
+    sel.add_argument("--partitions", type=int, default=None,
+                     help="--engine ray: number of partitions (default: max(ceil(N / 500k), cluster CPUs))")
+    sel.add_argument("--overlap", type=float, default=None,
+                     help="--engine ray: share of examples, nearest a partition border, also searched in their "
+                          "second partition (default 0.1)")
 
     sweep = sub.add_parser("sweep", help="methods x keep ratios x seeds, each trained with a re-labeling learner")
     _add_common(sweep)
@@ -205,15 +216,28 @@ def _write_and_summarise(result, out_dir) -> int:
     return 0
 
 
+def _outputs_config(args):
+    """The RunConfig of `select` (model outputs: no data, noise or warm-up fields)."""
+    from .pipeline import RunConfig
+
+    return RunConfig(data="model outputs", noise="none", model="none", device="none", method=args.method,
+                     keep_ratio=args.keep_ratio, seed=args.seed, k=args.k, tau=args.tau, search=args.search,
+                     pca_dim=args.pca_dim, mode=args.mode, eta=args.eta, balance=args.balance,
+                     confidence=args.confidence)
+
+
 def cmd_select(args) -> int:
+    if args.engine == "ray":
+        return _cmd_select_ray(args)
+    ray_only = [flag for flag, value in (("--ray-address", args.ray_address), ("--partitions", args.partitions),
+                                         ("--overlap", args.overlap)) if value is not None]
+    if ray_only:
+        raise InputError(f"{', '.join(ray_only)} only apply with --engine ray")
     from .outputs import check_method_for_outputs, read_model_outputs
-    from .pipeline import RunConfig, check_run_options, select_pipeline
+    from .pipeline import check_run_options, select_pipeline
     from .selection import budget_for
 
-    config = RunConfig(data="model outputs", noise="none", model="none", device="none", method=args.method,
-                       keep_ratio=args.keep_ratio, seed=args.seed, k=args.k, tau=args.tau, search=args.search,
-                       pca_dim=args.pca_dim, mode=args.mode, eta=args.eta, balance=args.balance,
-                       confidence=args.confidence)
+    config = _outputs_config(args)
     budget_for(args.keep_ratio, 2)
     check_run_options(config)  # options and method first: no file is read for a command that cannot run
     check_method_for_outputs(args.method)
@@ -222,6 +246,51 @@ def cmd_select(args) -> int:
     if result.graph_info.fallback:
         print(f"note: {result.graph_info.fallback}", file=sys.stderr)
     return _write_and_summarise(result, args.out)
+
+
+def _cmd_select_ray(args) -> int:
+    """`select --engine ray`: prune4rel partitioned over a Ray cluster (prune_core.distributed)."""
+    from .distributed import (DEFAULT_OVERLAP, check_partitions, check_ray_address, open_embeddings, ray_select,
+                              write_distributed_outputs)
+    from .outputs import read_array
+    from .pipeline import check_run_options
+    from .selection import budget_for
+    from .validation import check_labels, check_probs
+
+    if args.method != "prune4rel":
+        raise InputError(f"--engine ray runs prune4rel; run {args.method!r} with --engine local")
+    config = _outputs_config(args)
+    budget_for(args.keep_ratio, 2)
+    check_run_options(config)
+    if args.pca_dim is not None:
+        raise InputError("--pca-dim is not available with --engine ray (reduce the embeddings before)")
+    address = check_ray_address(args.ray_address)  # before any file is read: a bad address fails at once
+    z = open_embeddings(args.embeddings)
+    k = args.k or min(50, z.shape[0] - 1)
+    check_partitions(args.partitions, z.shape[0], k)
+    probs = check_probs(read_array(args.probs, "probs"), n=z.shape[0], name="probs")
+    labels = check_labels(read_array(args.labels, "labels", labels=True), "labels", num_classes=probs.shape[1],
+                          n=z.shape[0])
+    clean = None
+    if args.labels_clean is not None:
+        clean = check_labels(read_array(args.labels_clean, "labels_clean", labels=True), "labels_clean",
+                             num_classes=probs.shape[1], n=z.shape[0])
+    del z
+    result = ray_select(args.embeddings, probs, labels, args.keep_ratio, k=k, tau=args.tau, search=args.search,
+                        mode=args.mode, eta=args.eta, balance=args.balance, confidence=args.confidence,
+                        seed=args.seed, partitions=args.partitions,
+                        overlap=DEFAULT_OVERLAP if args.overlap is None else args.overlap,
+                        address=address, progress=_progress_printer(args.quiet))
+    sources = {"probs": args.probs, "embeddings": args.embeddings, "labels": args.labels,
+               "labels_clean": args.labels_clean}
+    paths = write_distributed_outputs(result, args.out, args.keep_ratio, probs.shape[1], clean, sources)
+    info = result.info
+    print(json.dumps({"method": "prune4rel", "engine": "ray", "partitions": info["partitions"],
+                      "budget": info["budget"], "objective_F": result.objective_F,
+                      "objective_F_round1": info["objective_F_round1"], "objective_F_round2": info["objective_F_round2"],
+                      "cross_partition_entries": info["cross_partition_entries"], "seconds": info["seconds"],
+                      "files": [str(p) for p in paths.values()]}, indent=2))
+    return 0
 
 
 def run_sweep_cli(args, config_factory, progress_printer) -> int:

@@ -205,17 +205,26 @@ def torch_knn(z: np.ndarray, k: int, device="cpu", block_rows: int | None = None
 
 
 @numba.njit(cache=True, inline="always")
-def _heap_replace_top(hs, hi, row, s, j):
-    """Replace the smallest entry of row `row`'s min-heap (size k) by (s, j) and sift down."""
+def _worse(s1, j1, s2, j2, order):
+    """(s1, j1) ranks below (s2, j2): smaller similarity, or equal and a larger original id
+    (order maps cell positions to ids), so ties at the k-th place never depend on the
+    order in which pairs are offered (block order, thread count, a partition's subset)."""
+    return s1 < s2 or (s1 == s2 and order[j1] > order[j2])
+
+
+@numba.njit(cache=True, inline="always")
+def _heap_replace_top(hs, hi, row, s, j, order):
+    """Replace the worst entry of row `row`'s heap (size k, worst at the root; see `_worse`)
+    by (s, j) and sift down."""
     k = hs.shape[1]
     pos = 0
     while True:
         child = 2 * pos + 1
         if child >= k:
             break
-        if child + 1 < k and hs[row, child + 1] < hs[row, child]:
+        if child + 1 < k and _worse(hs[row, child + 1], hi[row, child + 1], hs[row, child], hi[row, child], order):
             child += 1
-        if hs[row, child] < s:
+        if _worse(hs[row, child], hi[row, child], s, j, order):
             hs[row, pos] = hs[row, child]
             hi[row, pos] = hi[row, child]
             pos = child
@@ -226,7 +235,7 @@ def _heap_replace_top(hs, hi, row, s, j):
 
 
 @numba.njit(cache=True, nogil=True)
-def _update_heaps(sim, row0, cols, c0, hs, hi, rows_owned, owned):
+def _update_heaps(sim, row0, cols, c0, hs, hi, rows_owned, owned, order):
     """Offer the similarities of one cell's block to the kNN heaps of both sides.
 
     sim (m, C): rows are the cell's points (positions row0 + r), columns the candidates at
@@ -243,10 +252,10 @@ def _update_heaps(sim, row0, cols, c0, hs, hi, rows_owned, owned):
             floor = hs[i, 0]  # the heap's smallest kept similarity, cached in a register
             for c in range(c_total):
                 s = sim[r, c]
-                if s > floor:
+                if s >= floor:  # equal: the lower original id wins (`_worse`)
                     j = cols[c]
-                    if j != i:
-                        _heap_replace_top(hs, hi, i, s, j)
+                    if j != i and (s > floor or order[j] < order[hi[i, 0]]):
+                        _heap_replace_top(hs, hi, i, s, j, order)
                         floor = hs[i, 0]
     # Columns in chunks of 16 so each pass over the rows reads whole cache lines.
     floors = np.empty(16, dtype=hs.dtype)
@@ -263,10 +272,11 @@ def _update_heaps(sim, row0, cols, c0, hs, hi, rows_owned, owned):
         for r in range(m):
             for c in range(a, b):
                 s = sim[r, c]
-                if mine[c - a] and s > floors[c - a]:
+                if mine[c - a] and s >= floors[c - a]:
                     j = cols[c]
-                    _heap_replace_top(hs, hi, j, s, row0 + r)
-                    floors[c - a] = hs[j, 0]
+                    if s > floors[c - a] or order[row0 + r] < order[hi[j, 0]]:
+                        _heap_replace_top(hs, hi, j, s, row0 + r, order)
+                        floors[c - a] = hs[j, 0]
 
 
 @numba.njit(parallel=True, cache=True)
@@ -275,7 +285,15 @@ def _lists_from_heaps(order, hs, hi, ids, cos):
     example: ids[order[p]] = order[hi[p]], cos[order[p]] = hs[p] (-1 where empty)."""
     n, k = hs.shape
     for p in numba.prange(n):
-        srt = np.argsort(-hs[p], kind="mergesort")
+        # Insertion sort by (similarity descending, original id ascending); k is small.
+        srt = np.arange(k)
+        for a in range(1, k):
+            cur = srt[a]
+            b = a - 1
+            while b >= 0 and _worse(hs[p, srt[b]], hi[p, srt[b]], hs[p, cur], hi[p, cur], order):
+                srt[b + 1] = srt[b]
+                b -= 1
+            srt[b + 1] = cur
         i = order[p]
         for t in range(k):
             j = hi[p, srt[t]]
@@ -563,7 +581,7 @@ def _blocked_heaps(z, k, cell_size, nprobe, seed, inplace, progress=None, cancel
 
     def merge(w, item):
         r0, cols, c0, sim, c = item
-        _update_heaps(sim, r0, cols, c0, hs, hi, c % mergers == w, owned[w])
+        _update_heaps(sim, r0, cols, c0, hs, hi, c % mergers == w, owned[w], order)
 
     def merge_thread(w):
         try:

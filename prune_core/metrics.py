@@ -32,11 +32,12 @@ def class_counts(labels: np.ndarray, subset, num_classes: int) -> list[int]:
     return np.bincount(np.asarray(labels)[np.asarray(subset)], minlength=num_classes).astype(int).tolist()
 
 
-def selection_metrics(sel, y_noisy, y_clean, num_classes, graph=None, conf=None, eta=1.0) -> dict:
+def selection_metrics(sel, y_noisy, y_clean, num_classes, graph=None, conf=None, eta=1.0, cover=None) -> dict:
     """JSON-able summary of a selection.
 
     sel: a Selection over N examples. y_noisy (N,), y_clean (N,) or None. With a graph (N, N)
-    and confidences (N,), also the Prune4ReL objective F of the kept subset and the mean
+    and confidences (N,), or with `cover` (N,) = C(x; S) computed elsewhere (the Ray engine's
+    partitions), also the Prune4ReL objective F of the kept subset and the mean
     neighbourhood confidence C(x; S) of all and of the noisy examples.
     """
     idx = sel.indices
@@ -52,8 +53,9 @@ def selection_metrics(sel, y_noisy, y_clean, num_classes, graph=None, conf=None,
         "class_counts_kept": class_counts(y_noisy, idx, num_classes),
         "select_seconds": float(sel.seconds),
     }
-    if graph is not None and conf is not None:
+    if cover is None and graph is not None and conf is not None:
         cover = neighbourhood_confidence(graph, conf, idx)
+    if cover is not None:
         out["objective_F"] = float(np.tanh(cover / eta).sum())
         out["mean_neighbourhood_confidence"] = float(cover.mean())
         out["uncovered_fraction"] = float((cover == 0).mean())
