@@ -22,6 +22,7 @@ _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from .data import Dataset, load_dataset  # noqa: E402
 from .errors import Cancelled, InputError  # noqa: E402
+from .distributed import ray_select  # noqa: E402
 from .graph import build_graph  # noqa: E402
 from .label_errors import find_label_issues  # noqa: E402
 from .noise import apply_noise, inject_noise, parse_noise_spec  # noqa: E402
@@ -35,5 +36,6 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Cancelled", "Dataset", "InputError", "Selection", "WarmupResult", "apply_noise", "build_graph",
-    "confidence", "find_label_issues", "inject_noise", "list_methods", "load_dataset", "parse_noise_spec", "select", "warmup",
+    "confidence", "find_label_issues", "inject_noise", "list_methods", "load_dataset", "parse_noise_spec", "ray_select", "select",
+    "warmup",
 ]

@@ -129,6 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
     sel.add_argument("--overlap", type=float, default=None,
                      help="--engine ray: share of examples, nearest a partition border, also searched in their "
                           "second partition (default 0.1)")
+    sel.add_argument("--no-second-round", action="store_true",
+                     help="--engine ray: skip the GreeDi second round (the one single-worker step) when edges "
+                          "cross partitions")
 
     sweep = sub.add_parser("sweep", help="methods x keep ratios x seeds, each trained with a re-labeling learner")
     _add_common(sweep)
@@ -230,7 +233,8 @@ def cmd_select(args) -> int:
     if args.engine == "ray":
         return _cmd_select_ray(args)
     ray_only = [flag for flag, value in (("--ray-address", args.ray_address), ("--partitions", args.partitions),
-                                         ("--overlap", args.overlap)) if value is not None]
+                                         ("--overlap", args.overlap),
+                                         ("--no-second-round", args.no_second_round or None)) if value is not None]
     if ray_only:
         raise InputError(f"{', '.join(ray_only)} only apply with --engine ray")
     from .outputs import check_method_for_outputs, read_model_outputs
@@ -280,7 +284,8 @@ def _cmd_select_ray(args) -> int:
                         mode=args.mode, eta=args.eta, balance=args.balance, confidence=args.confidence,
                         seed=args.seed, partitions=args.partitions,
                         overlap=DEFAULT_OVERLAP if args.overlap is None else args.overlap,
-                        address=address, progress=_progress_printer(args.quiet))
+                        second_round=not args.no_second_round, address=address,
+                        progress=_progress_printer(args.quiet))
     sources = {"probs": args.probs, "embeddings": args.embeddings, "labels": args.labels,
                "labels_clean": args.labels_clean}
     paths = write_distributed_outputs(result, args.out, args.keep_ratio, probs.shape[1], clean, sources)

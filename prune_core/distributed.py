@@ -248,17 +248,20 @@ def ray_select(embeddings, probs, labels, keep_ratio: float, *, k: int = 50, tau
                mode: str = "exact", eta: float = 1.0, balance: str = "none", confidence: str = "maxprob",
                seed: int = 0, partitions: int | None = None, overlap: float = DEFAULT_OVERLAP,
                candidate_slack: float = DEFAULT_CANDIDATE_SLACK, second_round: bool = True,
-               address: str | None = None, progress=None, kill_marker: str | None = None) -> DistributedResult:
+               address: str | None = None, progress=None, kill_marker: str | None = None,
+               conf: np.ndarray | None = None) -> DistributedResult:
     """Prune4ReL selection on a Ray cluster (module docstring: partitions, graph, two rounds).
 
     embeddings: path of an (N, D) .npy file (memory-mapped; on a multi-machine cluster on
     storage every node mounts at the same path) or an (N, D) array (local cluster only).
-    probs (N, C) softmax rows; labels (N,) class ids. keep_ratio in (0, 1]. k, tau, search,
+    probs (N, C) softmax rows, or None with conf (N,) confidences in [0, 1] given directly;
+    labels (N,) class ids. keep_ratio in (0, 1]. k, tau, search,
     mode, eta, balance, confidence, seed: as in `select`/`build_graph` (search runs inside
     each partition). partitions: P (None: max(ceil(N / 500k), cluster CPUs)). overlap:
     share of examples, nearest a partition border, copied into their second partition's
     search. address: None starts a local cluster, else HOST:PORT, ray://HOST:PORT or auto.
-    progress(stage, fraction, message, metrics). kill_marker: test hook (`_maybe_die`).
+    progress(stage, fraction, message, metrics). kill_marker: test hook: the first kNN search
+    or greedy task to see this path (not yet existing) kills its own worker (`_maybe_die`).
     Raises InputError for bad options, files, addresses and partition counts.
     """
     from .graph import parse_tau
@@ -281,9 +284,16 @@ def ray_select(embeddings, probs, labels, keep_ratio: float, *, k: int = 50, tau
     check_balance(balance)
     tau_value, tau_text = parse_tau(tau)
     address = check_ray_address(address)
-    conf = confidence_of(probs, confidence)
+    if probs is not None:
+        conf = confidence_of(probs, confidence)
+        num_classes = np.asarray(probs).shape[1]
+    else:
+        conf = np.asarray(conf, dtype=np.float64)
+        if conf.ndim != 1 or not np.all((conf >= 0) & (conf <= 1)):
+            raise InputError("conf must be (N,) confidences in [0, 1]")
+        num_classes = None
     n = conf.shape[0]
-    labels = check_labels(labels, "labels", num_classes=np.asarray(probs).shape[1], n=n)
+    labels = check_labels(labels, "labels", num_classes=num_classes, n=n)
     budget = budget_for(keep_ratio, n)
     check_k(k, n)
     check_partitions(partitions, n, k)
@@ -317,7 +327,7 @@ def ray_select(embeddings, probs, labels, keep_ratio: float, *, k: int = 50, tau
                 km.train(sample)
                 centroids = km.centroids.astype(np.float64)
             del sample
-            parts = [fns["_assign_chunk"].remote(path, s, min(s + CHUNK_ROWS, n), centroids, kill_marker)
+            parts = [fns["_assign_chunk"].remote(path, s, min(s + CHUNK_ROWS, n), centroids)
                      for s in range(0, n, CHUNK_ROWS)]
             got = _get([r for trio in parts for r in trio])
             owner = np.concatenate(got[0::3])
@@ -360,7 +370,7 @@ def ray_select(embeddings, probs, labels, keep_ratio: float, *, k: int = 50, tau
                       for q in range(p_count)]
             if p_count == 1:
                 routed = [[r] for r in routed]
-            blocks = [fns["_assemble_rows"].remote(own_refs[q], *[routed[p][q] for p in range(p_count)])
+            blocks = [fns["_assemble_rows"].remote(own_refs[q], owner_ref, q, *[routed[p][q] for p in range(p_count)])
                       for q in range(p_count)]
             rows_refs = [b[0] for b in blocks]
             stats = _get([r for b in blocks for r in b[1:]])
@@ -381,7 +391,7 @@ def ray_select(embeddings, probs, labels, keep_ratio: float, *, k: int = 50, tau
                 seq = np.zeros(budget, dtype=np.int64)
             else:
                 stream_labels = labels
-                seq = class_target_sequence(labels, budget, balance, num_classes=np.asarray(probs).shape[1])
+                seq = class_target_sequence(labels, budget, balance, num_classes=num_classes)
                 class_counts = np.bincount(seq, minlength=int(labels.max()) + 1).tolist()
             members = [np.bincount(stream_labels[o], minlength=len(class_counts)) for o in own]
             counts = [min(o.size, math.ceil(budget * o.size / n * 1.1) + 16) for o in own]
@@ -390,8 +400,8 @@ def ray_select(embeddings, probs, labels, keep_ratio: float, *, k: int = 50, tau
             rounds = 0
             while todo:
                 rounds += 1
-                refs = {q: fns["_greedy_partition"].remote(rows_refs[q], own_refs[q], conf_ref, labels_ref,
-                                                           counts[q], eta, mode, balance, kill_marker)
+                refs = {q: fns["_greedy_partition"].remote(rows_refs[q], own_refs[q], owner_ref, q, conf_ref,
+                                                           labels_ref, counts[q], eta, mode, balance, kill_marker)
                         for q in todo}
                 for q, r in refs.items():
                     ids, keys, cls = _get(list(r))

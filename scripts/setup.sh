@@ -44,7 +44,7 @@ export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"
   # Fill that cache once (about 35 s on 2 cores), so the demo's first UMAP map does not wait for
   # the compiler; again whenever the requirements or a module holding numba kernels change.
   warm_stamp="$NUMBA_CACHE_DIR/.warmed"
-  warm_want="$(cat requirements.txt prune_core/{graph,knn,embeddings,prune4rel,registry,baselines,projection}.py | sha256sum | cut -d' ' -f1)"
+  warm_want="$(cat requirements.txt prune_core/{graph,knn,embeddings,prune4rel,registry,baselines,projection,distributed_tasks}.py | sha256sum | cut -d' ' -f1)"
   if [ "${PRUNE4REL_SKIP_WARM_CACHE:-0}" != "1" ] && { [ ! -f "$warm_stamp" ] || [ "$(cat "$warm_stamp")" != "$warm_want" ]; }; then
     echo "[setup] compiling the numba kernels once (about half a minute)"
     if .venv/bin/python -m prune_core.warm_cache; then

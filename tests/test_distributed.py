@@ -158,6 +158,7 @@ def _one_line_exit_2(capsys, argv):
     (["--engine", "ray", "--partitions", "60"], "is impossible for N=300"),
     (["--engine", "ray", "--method", "uniform"], "--engine ray runs prune4rel"),
     (["--partitions", "2"], "only apply with --engine ray"),
+    (["--no-second-round"], "only apply with --engine ray"),
 ])
 def test_cli_bad_engine_options_are_one_line_and_exit_2(tmp_path, capsys, extra, message):
     x, probs, y = clustered(300, 8, 6, 0.2, 5)
