@@ -215,17 +215,23 @@ def _worse(s1, j1, s2, j2, order):
 @numba.njit(cache=True, inline="always")
 def _heap_replace_top(hs, hi, row, s, j, order):
     """Replace the worst entry of row `row`'s heap (size k, worst at the root; see `_worse`)
-    by (s, j) and sift down."""
+    by (s, j) and sift down. Ids are read only on equal similarities (the hot path compares
+    similarities alone)."""
     k = hs.shape[1]
+    oj = order[j]
     pos = 0
     while True:
         child = 2 * pos + 1
         if child >= k:
             break
-        if child + 1 < k and _worse(hs[row, child + 1], hi[row, child + 1], hs[row, child], hi[row, child], order):
-            child += 1
-        if _worse(hs[row, child], hi[row, child], s, j, order):
-            hs[row, pos] = hs[row, child]
+        cs = hs[row, child]
+        if child + 1 < k:
+            rs = hs[row, child + 1]
+            if rs < cs or (rs == cs and order[hi[row, child + 1]] > order[hi[row, child]]):
+                child += 1
+                cs = rs
+        if cs < s or (cs == s and order[hi[row, child]] > oj):
+            hs[row, pos] = cs
             hi[row, pos] = hi[row, child]
             pos = child
         else:
