@@ -254,10 +254,9 @@ def cmd_select(args) -> int:
 
 def _cmd_select_ray(args) -> int:
     """`select --engine ray`: prune4rel partitioned over a Ray cluster (prune_core.distributed)."""
-    from .distributed import (DEFAULT_OVERLAP, check_partitions, check_ray_address, open_embeddings, ray_select,
-                              write_distributed_outputs)
+    from .distributed import DEFAULT_OVERLAP, check_partitions, check_ray_address, open_embeddings, ray_select
     from .outputs import read_array
-    from .pipeline import check_run_options
+    from .pipeline import check_run_options, write_distributed_outputs
     from .selection import budget_for
     from .validation import check_labels, check_probs
 

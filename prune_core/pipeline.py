@@ -21,7 +21,7 @@ from .graph import build_graph
 from .metrics import selection_metrics
 from .runstore import atomic_write_bytes, atomic_write_json  # noqa: F401  (re-exported)
 from .scores import confidence as confidence_of
-from .selection import get_method, select
+from .selection import Selection, get_method, select
 from .validation import check_k, label_values_of
 
 STAGES = ("load", "noise", "warmup", "graph", "select", "metrics")
@@ -315,4 +315,55 @@ def write_run_outputs(result: RunResult, out_dir) -> dict[str, Path]:
     noise = _noise_entry(result)
     atomic_write_json(paths["metrics"], {**result.metrics, "noise_description": noise["description"],
                                          "noise_rate_in_source_classes": noise["noise_rate_in_source_classes"]})
+    return paths
+
+
+def _streamed_hash(path: str) -> str:
+    """sha256 of a .npy file's array as float32 rows (what the local engine hashes), read in chunks."""
+    from .distributed import CHUNK_ROWS
+
+    z = np.load(path, mmap_mode="r", allow_pickle=False)
+    h = hashlib.sha256()
+    for start in range(0, z.shape[0], CHUNK_ROWS):
+        h.update(np.ascontiguousarray(z[start:start + CHUNK_ROWS], dtype=np.float32).tobytes())
+    return h.hexdigest()[:16]
+
+
+def write_distributed_outputs(result, out_dir, keep_ratio: float, num_classes: int,
+                              labels_clean: np.ndarray | None = None, sources: dict | None = None) -> dict:
+    """selection.csv, manifest.json and metrics.json of a Ray run (a
+    `distributed.DistributedResult`) in the formats of `write_run_outputs` (DESIGN section 4);
+    the manifest's `engine` entry holds `result.info`. Returns {name: path}. Raises InputError when out_dir cannot
+    be created."""
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise InputError(f"cannot create output folder {out}: {e.strerror}") from None
+    n = result.labels.shape[0]
+    info = result.info
+    sel = Selection("prune4rel", result.picks, n, keep_ratio, None, result.scores, result.objective_F,
+                    info["seconds"]["total"], {k: info[k] for k in ("mode", "tau", "eta", "confidence", "k", "balance")})
+    view = SimpleNamespace(selection=sel, dataset=None, confidence=result.confidence,
+                           noisy=SimpleNamespace(y_noisy=result.labels, y_clean=labels_clean))
+    metrics = selection_metrics(sel, result.labels, labels_clean, num_classes, cover=result.cover, eta=info["eta"])
+    metrics.update(engine="ray", objective_F_round1=info["objective_F_round1"],
+                   objective_F_round2=info["objective_F_round2"], seconds=info["seconds"])
+    versions = _library_versions()
+    import ray
+
+    versions["ray"] = ray.__version__
+    manifest = {
+        "config": {"data": "model outputs", "method": "prune4rel", "keep_ratio": keep_ratio, "seed": info["seed"],
+                   **{k: info[k] for k in ("k", "tau_requested", "search", "mode", "eta", "balance", "confidence")}},
+        "seed": info["seed"], "versions": versions, "engine": info,
+        "embedding_hash": _streamed_hash(sources["embeddings"]) if sources and sources.get("embeddings") else None,
+        "selection_hash": _hash_array(sel.indices),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        **({"inputs": {k: v for k, v in sources.items() if v is not None}} if sources else {}),
+    }
+    paths = {"selection": out / "selection.csv", "manifest": out / "manifest.json", "metrics": out / "metrics.json"}
+    atomic_write_bytes(paths["selection"], selection_csv(view))
+    atomic_write_json(paths["manifest"], manifest)
+    atomic_write_json(paths["metrics"], metrics)
     return paths
