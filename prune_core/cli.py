@@ -125,7 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="--engine ray: HOST:PORT, ray://HOST:PORT or auto of a running cluster "
                           "(default: start a local one)")
     sel.add_argument("--partitions", type=int, default=None,
-                     help="--engine ray: number of partitions (default: max(ceil(N / 500k), cluster CPUs))")
+                     help="--engine ray: number of partitions (default: max(ceil(N / 500k), cluster CPUs), more "
+                          "when a partition would not fit a CPU's share of the memory)")
     sel.add_argument("--overlap", type=float, default=None,
                      help="--engine ray: share of examples, nearest a partition border, also searched in their "
                           "second partition (default 0.1)")
@@ -256,7 +257,7 @@ def _cmd_select_ray(args) -> int:
     """`select --engine ray`: prune4rel partitioned over a Ray cluster (prune_core.distributed)."""
     from .distributed import DEFAULT_OVERLAP, check_partitions, check_ray_address, open_embeddings, ray_select
     from .outputs import read_array
-    from .pipeline import check_run_options, write_distributed_outputs
+    from .pipeline import _hash_array, check_run_options, write_distributed_outputs
     from .selection import budget_for
     from .validation import check_labels, check_probs
 
@@ -268,17 +269,26 @@ def _cmd_select_ray(args) -> int:
     if args.pca_dim is not None:
         raise InputError("--pca-dim is not available with --engine ray (reduce the embeddings before)")
     address = check_ray_address(args.ray_address)  # before any file is read: a bad address fails at once
+    if args.overlap is not None and not (0.0 <= args.overlap < 1.0):
+        raise InputError(f"--overlap must be in [0, 1), got {args.overlap}")
+    probs = check_probs(read_array(args.probs, "probs"), name="probs")  # sets N, as the local engine does
+    n = probs.shape[0]
     z = open_embeddings(args.embeddings)
-    k = args.k or min(50, z.shape[0] - 1)
-    check_partitions(args.partitions, z.shape[0], k)
-    probs = check_probs(read_array(args.probs, "probs"), n=z.shape[0], name="probs")
-    labels = check_labels(read_array(args.labels, "labels", labels=True), "labels", num_classes=probs.shape[1],
-                          n=z.shape[0])
+    if z.shape[0] != n:
+        raise InputError(f"embeddings have {z.shape[0]} rows but there are {n} examples")
+    del z
+    k = args.k or min(50, n - 1)
+    check_partitions(args.partitions, n, k)
+    labels = check_labels(read_array(args.labels, "labels", labels=True), "labels", num_classes=probs.shape[1], n=n)
     clean = None
     if args.labels_clean is not None:
         clean = check_labels(read_array(args.labels_clean, "labels_clean", labels=True), "labels_clean",
-                             num_classes=probs.shape[1], n=z.shape[0])
-    del z
+                             num_classes=probs.shape[1], n=n)
+    out = Path(args.out)
+    try:  # before the cluster starts: a folder that cannot be made must not cost the whole run
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise InputError(f"cannot create output folder {out}: {e.strerror}") from None
     result = ray_select(args.embeddings, probs, labels, args.keep_ratio, k=k, tau=args.tau, search=args.search,
                         mode=args.mode, eta=args.eta, balance=args.balance, confidence=args.confidence,
                         seed=args.seed, partitions=args.partitions,
@@ -287,10 +297,11 @@ def _cmd_select_ray(args) -> int:
                         progress=_progress_printer(args.quiet))
     sources = {"probs": args.probs, "embeddings": args.embeddings, "labels": args.labels,
                "labels_clean": args.labels_clean}
-    paths = write_distributed_outputs(result, args.out, args.keep_ratio, probs.shape[1], clean, sources)
+    paths = write_distributed_outputs(result, out, args.keep_ratio, probs.shape[1], clean, sources,
+                                      probs_hash=_hash_array(probs))
     info = result.info
-    print(json.dumps({"method": "prune4rel", "engine": "ray", "partitions": info["partitions"],
-                      "budget": info["budget"], "objective_F": result.objective_F,
+    print(json.dumps({"method": "prune4rel", "engine": "ray", "N": n, "keep_ratio": args.keep_ratio,
+                      "partitions": info["partitions"], "budget": info["budget"], "objective_F": result.objective_F,
                       "objective_F_round1": info["objective_F_round1"], "objective_F_round2": info["objective_F_round2"],
                       "cross_partition_entries": info["cross_partition_entries"], "seconds": info["seconds"],
                       "files": [str(p) for p in paths.values()]}, indent=2))

@@ -45,6 +45,7 @@ class sequence's counts. The equality with single-machine picks holds for balanc
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import socket
@@ -120,8 +121,8 @@ def check_partitions(partitions, n: int, k: int) -> int | None:
         raise InputError(f"--partitions must be a positive integer, got {partitions}")
     most = max(1, n // (k + 1))
     if partitions > most:
-        raise InputError(f"--partitions {partitions} is impossible for N={n} with k={k}: "
-                         f"each partition needs more than k examples, so at most {most}")
+        raise InputError(f"--partitions {partitions} is impossible for N={n} with k={k}: at most {most} "
+                         f"(N // (k + 1), more than k examples per partition on average)")
     return int(partitions)
 
 
@@ -178,11 +179,18 @@ def _start_ray(address: str | None):
     env = {"PYTHONPATH": os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH", "")) if p)}
     if os.environ.get("NUMBA_CACHE_DIR"):
         env["NUMBA_CACHE_DIR"] = os.environ["NUMBA_CACHE_DIR"]
+    # Ray's start-up warnings (e.g. that token authentication is on) would be extra stderr
+    # lines on every run; its errors still show.
+    ray_logger = logging.getLogger("ray")
+    level = ray_logger.level
+    ray_logger.setLevel(logging.ERROR)
     try:
         ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False,
                  runtime_env={"env_vars": env})
     except (ConnectionError, RuntimeError, ValueError) as e:
         raise InputError(f"cannot connect to Ray at {address or 'a new local cluster'}: {str(e).splitlines()[0]}") from None
+    finally:
+        ray_logger.setLevel(level)
     return True
 
 
@@ -212,11 +220,21 @@ def _embeddings_path(embeddings, address, tmpdir):
     return str(path)
 
 
-def _auto_partitions(n: int, k: int) -> int:
+def _auto_partitions(n: int, k: int, d: int) -> int:
+    """P = max(ceil(N / rows per partition), cluster CPUs), at most N // (k + 1). Rows per
+    partition: 500k, fewer when half of one CPU's share of the cluster memory cannot hold a
+    partition's arrays (its rows plus the overlap copies in float32, its kNN lists and heaps:
+    about (1 + overlap) * 4 D + 24 k bytes per row)."""
     import ray
 
-    cpus = int(ray.cluster_resources().get("CPU", 1))
-    return max(1, min(max(math.ceil(n / DEFAULT_PARTITION_ROWS), cpus), n // (k + 1)))
+    resources = ray.cluster_resources()
+    cpus = max(1, int(resources.get("CPU", 1)))
+    rows = DEFAULT_PARTITION_ROWS
+    memory = resources.get("memory")
+    if memory:
+        per_row = (1 + DEFAULT_OVERLAP) * 4 * d + 24 * k
+        rows = max(1_000, min(rows, int(0.5 * memory / cpus / per_row)))
+    return max(1, min(max(math.ceil(n / rows), cpus), n // (k + 1)))
 
 
 def _merge(streams, class_counts, members):
@@ -257,7 +275,8 @@ def ray_select(embeddings, probs, labels, keep_ratio: float, *, k: int = 50, tau
     probs (N, C) softmax rows, or None with conf (N,) confidences in [0, 1] given directly;
     labels (N,) class ids. keep_ratio in (0, 1]. k, tau, search,
     mode, eta, balance, confidence, seed: as in `select`/`build_graph` (search runs inside
-    each partition). partitions: P (None: max(ceil(N / 500k), cluster CPUs)). overlap:
+    each partition). partitions: P (None: `_auto_partitions`: max(ceil(N / 500k), cluster
+    CPUs), more when a partition would not fit half a CPU's share of memory). overlap:
     share of examples, nearest a partition border, copied into their second partition's
     search. address: None starts a local cluster, else HOST:PORT, ray://HOST:PORT or auto.
     progress(stage, fraction, message, metrics). kill_marker: test hook: the first kNN search
@@ -311,7 +330,7 @@ def ray_select(embeddings, probs, labels, keep_ratio: float, *, k: int = 50, tau
             fns = _remote()
             import ray
 
-            p_count = partitions or _auto_partitions(n, k)
+            p_count = partitions or _auto_partitions(n, k, d)
             # 1. Partition: k-means on a seeded sample, then owners chunk by chunk on the workers.
             t = time.perf_counter()
             report("graph", 0.0, f"partitioning {n} examples into {p_count}")

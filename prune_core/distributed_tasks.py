@@ -13,13 +13,20 @@ import numpy as np
 import scipy.sparse as sp
 
 def _read_rows(path: str, ids: np.ndarray) -> np.ndarray:
-    """Unit-normalised float32 rows `ids` (sorted) of the memory-mapped file."""
+    """Unit-normalised float32 rows `ids` (sorted) of the memory-mapped file. Raises
+    InputError naming the first row (file row number) with a NaN or infinite value."""
     from .embeddings import normalize_embeddings
+    from .errors import InputError
 
     z = np.load(path, mmap_mode="r", allow_pickle=False)
     if ids.size == 0:
         return np.zeros((0, z.shape[1]), dtype=np.float32)
     rows = np.asarray(z[ids]) if ids.size < z.shape[0] else np.asarray(z)
+    finite = np.isfinite(rows).all(axis=1)
+    if not finite.all():
+        bad = np.flatnonzero(~finite)
+        raise InputError(f"embeddings have NaN or infinite values: row {int(ids[bad[0]])} "
+                         f"({bad.size} such row{'s' if bad.size > 1 else ''} among the {ids.size} read)")
     if rows.shape[0] < 2:  # normalize_embeddings wants two rows; normalise a lone row by hand
         rows = rows.astype(np.float32)
         norm = np.linalg.norm(rows, axis=1, keepdims=True)
@@ -29,7 +36,8 @@ def _read_rows(path: str, ids: np.ndarray) -> np.ndarray:
 
 def _assign_chunk(path: str, start: int, stop: int, centroids: np.ndarray):
     """Owner partition (nearest centroid), second-nearest partition and the distance to the
-    bisecting hyperplane of the two, for rows start..stop. Returns three (stop-start,) arrays."""
+    bisecting hyperplane of the two, for rows start..stop. Returns three (stop-start,) arrays.
+    Raises InputError naming the first row with a NaN or infinite value (`_read_rows`)."""
     z = _read_rows(path, np.arange(start, stop, dtype=np.int64))
     p = centroids.shape[0]
     # Squared distances to every centroid, (rows, P); z rows are unit length.

@@ -329,8 +329,15 @@ def _streamed_hash(path: str) -> str:
     return h.hexdigest()[:16]
 
 
+# F and tau of a Ray run are those of its own graph: the partitions' kNN lists, approximate
+# across borders, give a slightly different graph (and tau 'auto') than one machine's.
+GRAPH_NOTE = ("objective_F, tau and the degrees are those of the Ray engine's partitioned graph; compare "
+              "engines by evaluating both selections on one graph")
+
+
 def write_distributed_outputs(result, out_dir, keep_ratio: float, num_classes: int,
-                              labels_clean: np.ndarray | None = None, sources: dict | None = None) -> dict:
+                              labels_clean: np.ndarray | None = None, sources: dict | None = None,
+                              probs_hash: str | None = None) -> dict:
     """selection.csv, manifest.json and metrics.json of a Ray run (a
     `distributed.DistributedResult`) in the formats of `write_run_outputs` (DESIGN section 4);
     the manifest's `engine` entry holds `result.info`. Returns {name: path}. Raises InputError when out_dir cannot
@@ -342,13 +349,17 @@ def write_distributed_outputs(result, out_dir, keep_ratio: float, num_classes: i
         raise InputError(f"cannot create output folder {out}: {e.strerror}") from None
     n = result.labels.shape[0]
     info = result.info
+    select_seconds = info["seconds"]["round1"] + info["seconds"]["round2"]  # as the local engine: the greedy only
     sel = Selection("prune4rel", result.picks, n, keep_ratio, None, result.scores, result.objective_F,
-                    info["seconds"]["total"], {k: info[k] for k in ("mode", "tau", "eta", "confidence", "k", "balance")})
+                    select_seconds, {k: info[k] for k in ("mode", "tau", "eta", "confidence", "k", "balance")})
     view = SimpleNamespace(selection=sel, dataset=None, confidence=result.confidence,
                            noisy=SimpleNamespace(y_noisy=result.labels, y_clean=labels_clean))
     metrics = selection_metrics(sel, result.labels, labels_clean, num_classes, cover=result.cover, eta=info["eta"])
     metrics.update(engine="ray", objective_F_round1=info["objective_F_round1"],
-                   objective_F_round2=info["objective_F_round2"], seconds=info["seconds"])
+                   objective_F_round2=info["objective_F_round2"], seconds=info["seconds"],
+                   graph={k: info[k] for k in ("k", "tau", "tau_requested", "search", "edges", "mean_degree",
+                                               "median_degree", "isolated_fraction", "cross_partition_entries")},
+                   objective_F_note=GRAPH_NOTE)
     versions = _library_versions()
     import ray
 
@@ -358,6 +369,7 @@ def write_distributed_outputs(result, out_dir, keep_ratio: float, num_classes: i
                    **{k: info[k] for k in ("k", "tau_requested", "search", "mode", "eta", "balance", "confidence")}},
         "seed": info["seed"], "versions": versions, "engine": info,
         "embedding_hash": _streamed_hash(sources["embeddings"]) if sources and sources.get("embeddings") else None,
+        "probs_hash": probs_hash,
         "selection_hash": _hash_array(sel.indices),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         **({"inputs": {k: v for k, v in sources.items() if v is not None}} if sources else {}),

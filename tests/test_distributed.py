@@ -105,6 +105,16 @@ def test_a_killed_worker_is_retried_and_the_result_is_the_same(local_ray, tmp_pa
     assert again.objective_F == base.objective_F
 
 
+def test_auto_partitions_follow_cpus_rows_and_memory(monkeypatch):
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 4.0, "memory": 64e9})
+    assert distributed._auto_partitions(10_000, 50, 128) == 4  # at least one per CPU
+    assert distributed._auto_partitions(3_000_000, 50, 128) == 6  # 500k rows each
+    assert distributed._auto_partitions(100, 50, 128) == 1  # each needs more than k examples
+    # 4096-d rows: half of one CPU's 1 GB share holds ~26k of them (1.1 * 4 * 4096 + 24 * 50 bytes each).
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 4.0, "memory": 4e9})
+    assert distributed._auto_partitions(1_000_000, 50, 4096) == 39
+
+
 def test_merge_asks_a_dry_partition_for_more():
     # Partition 0's whole stream was taken and it has more examples: it must produce more.
     streams = [(np.array([0, 1]), np.array([5.0, 4.0]), np.zeros(2, np.int64)),
@@ -156,6 +166,7 @@ def _one_line_exit_2(capsys, argv):
     (["--engine", "ray", "--ray-address", "nonsense"], "--ray-address must be"),
     (["--engine", "ray", "--partitions", "0"], "--partitions must be a positive integer"),
     (["--engine", "ray", "--partitions", "60"], "is impossible for N=300"),
+    (["--engine", "ray", "--overlap", "1.5"], "--overlap must be in [0, 1)"),
     (["--engine", "ray", "--method", "uniform"], "--engine ray runs prune4rel"),
     (["--partitions", "2"], "only apply with --engine ray"),
     (["--no-second-round"], "only apply with --engine ray"),
@@ -170,6 +181,21 @@ def test_cli_bad_engine_options_are_one_line_and_exit_2(tmp_path, capsys, extra,
                                     "0.5", "--out", str(tmp_path / "o"), "--quiet", *extra])
     assert message in err
     assert not (tmp_path / "o").exists()
+
+
+def test_cli_engine_ray_names_the_first_bad_row_and_checks_the_output_folder_first(local_ray, tmp_path, capsys):
+    x, probs, y = clustered(300, 8, 6, 0.2, 5)
+    x[123, 4] = np.nan
+    np.save(tmp_path / "emb.npy", x)
+    np.save(tmp_path / "probs.npy", probs)
+    np.save(tmp_path / "y.npy", y)
+    args = ["select", "--engine", "ray", "--probs", str(tmp_path / "probs.npy"), "--embeddings",
+            str(tmp_path / "emb.npy"), "--labels", str(tmp_path / "y.npy"), "--keep-ratio", "0.5", "--quiet"]
+    err = _one_line_exit_2(capsys, args + ["--out", str(tmp_path / "o")])
+    assert "NaN or infinite values: row 123" in err
+    (tmp_path / "file").write_text("not a folder")
+    err = _one_line_exit_2(capsys, args + ["--out", str(tmp_path / "file" / "o")])
+    assert "cannot create output folder" in err
 
 
 def test_cli_engine_ray_refuses_embeddings_it_cannot_memory_map(tmp_path, capsys):
