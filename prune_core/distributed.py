@@ -452,16 +452,14 @@ def ray_select(embeddings, probs, labels, keep_ratio: float, *, k: int = 50, tau
             if cross_entries > 0 and second_round and balance == "none" and p_count > 1:
                 report("select", 0.7, "round 2: exact gains over the partitions' candidates")
                 taken = np.bincount(owner[picks1], minlength=p_count)
-                cand_blocks = []
+                flat = []  # per partition: candidate ids, then the refs of their rows (indptr, cols, vals)
                 for q in range(p_count):
                     size = min(streams[q][0].size, math.ceil(taken[q] * (1 + candidate_slack)) + 1)
                     cand = np.sort(streams[q][0][:size])
-                    cand_blocks.append((cand, fns["_rows_of"].remote(rows_refs[q], own_refs[q], cand)))
-                args = []
-                for cand, r in cand_blocks:
-                    args.append((cand, tuple(_get(list(r)))))
-                picks2, keys2 = _get(list(fns["_second_round"].remote(conf_ref, budget, eta, mode, *args)))
-                del args
+                    flat += [cand, *fns["_rows_of"].remote(rows_refs[q], own_refs[q], cand)]
+                # Top-level refs: Ray hands the rows to the round-2 task without the driver fetching them.
+                picks2, keys2 = _get(list(fns["_second_round"].remote(conf_ref, budget, eta, mode, *flat)))
+                del flat
                 f2, cover2 = objective_of(picks2)
                 if f2 > f1:
                     picks, keys, cover, f_final, chosen_round = picks2, keys2, cover2, f2, 2

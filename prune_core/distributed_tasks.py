@@ -248,12 +248,14 @@ def _rows_of(rows, own: np.ndarray, ids: np.ndarray):
     return _take_rows(indptr, cols, vals, np.searchsorted(own, ids))
 
 
-def _second_round(conf: np.ndarray, budget: int, eta: float, mode: str, *blocks):
+def _second_round(conf: np.ndarray, budget: int, eta: float, mode: str, *flat):
     """Round 2 (GreeDi): greedy with exact gains over the union of candidates, on their full
-    rows (cross-partition edges included). blocks: (candidate ids, (indptr, cols, vals)) per
-    partition. Returns (picks global ids (budget,) int64, keys (budget,) float64).
-    Holds the candidates' rows and two (N,) index arrays."""
+    rows (cross-partition edges included). flat: per partition, its candidate ids (sorted)
+    followed by their rows' indptr, cols and vals. Returns (picks global ids (budget,) int64,
+    keys (budget,) float64). Holds the candidates' rows and two (N,) index arrays."""
     from .prune4rel import greedy_neighbourhood_confidence
+
+    blocks = [(flat[i], (flat[i + 1], flat[i + 2], flat[i + 3])) for i in range(0, len(flat), 4)]
 
     n = conf.shape[0]
     cand = np.concatenate([b[0] for b in blocks])  # each id in one block only
