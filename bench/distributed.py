@@ -134,12 +134,6 @@ def subprocess_json(args: list[str], timeout: float) -> dict:
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
-def parse_size(text: str) -> int:
-    text = text.strip().upper()
-    mult = {"K": 1_000, "M": 1_000_000}.get(text[-1], 1)
-    return int(float(text[:-1] if text[-1] in "KM" else text) * mult)
-
-
 def load_avg() -> str:
     return "{:.1f}".format(os.getloadavg()[0])
 
@@ -220,6 +214,8 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     store = Path(args.results)
     results = json.loads(store.read_text()) if store.exists() else {}
+    from selection import parse_size  # bench/selection.py's size parser (10k, 1M)
+
     for n in map(parse_size, args.sizes.split(",")):
         key = f"{n}x{args.dim}:{args.partitions or 'auto'}"
         entry = results.setdefault(key, {})

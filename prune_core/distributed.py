@@ -283,7 +283,7 @@ def ray_select(embeddings, probs, labels, keep_ratio: float, *, k: int = 50, tau
     or greedy task to see this path (not yet existing) kills its own worker (`_maybe_die`).
     Raises InputError for bad options, files, addresses and partition counts.
     """
-    from .graph import parse_tau
+    from .graph import parse_tau, tau_from_similarities
     from .prune4rel import MODES
     from .registry import check_balance, class_target_sequence
     from .scores import confidence as confidence_of
@@ -373,12 +373,8 @@ def ray_select(embeddings, probs, labels, keep_ratio: float, *, k: int = 50, tau
             searched = [fns["_search_partition"].remote(path, own_refs[q], extra[q], k, search, seed, 10, kill_marker)
                         for q in range(p_count)]
             target_cols = _get([s[1] for s in searched])
-            if tau_value is None:
-                col = np.concatenate(target_cols)
-                col = col[np.isfinite(col)]
-                if col.size == 0:
-                    raise InputError("tau=auto found no neighbours at all")
-                tau_value = float(np.nextafter(np.float32(np.quantile(col, 0.5, method="lower")), np.float32(0)))
+            if tau_value is None:  # the single-machine rule on every partition's own examples
+                tau_value = tau_from_similarities(np.concatenate(target_cols))
             del target_cols
             timings["search"] = time.perf_counter() - t
             t = time.perf_counter()

@@ -77,7 +77,12 @@ def auto_tau(knn_cos: np.ndarray, target_neighbours: int = 10) -> float:
     median of each row's target-th similarity (neighbour means s > tau).
     """
     target = min(max(1, int(target_neighbours)), knn_cos.shape[1])
-    col = similarity_from_cosine(knn_cos[:, target - 1])
+    return tau_from_similarities(similarity_from_cosine(knn_cos[:, target - 1]))
+
+
+def tau_from_similarities(col: np.ndarray) -> float:
+    """`auto_tau`'s rule on the target-th neighbour similarities (N,) float32 (non-finite =
+    no such neighbour): just below their lower median. Raises InputError when none is finite."""
     col = col[np.isfinite(col)]
     if col.size == 0:
         raise InputError("tau=auto found no neighbours at all")
