@@ -34,6 +34,7 @@ import math
 import os
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numba
 import numpy as np
@@ -402,15 +403,22 @@ def make_cells(z: np.ndarray, cell_size: int = CELL_SIZE, nprobe: int = CELL_PRO
     base = 0
     members_of = np.argsort(coarse, kind="stable")
     bounds = np.concatenate([[0], np.cumsum(np.bincount(coarse))])
-    for g in range(len(bounds) - 1):
-        members = members_of[bounds[g] : bounds[g + 1]]
-        if len(members) == 0:
-            continue
+    groups = [(g, members_of[bounds[g] : bounds[g + 1]]) for g in range(len(bounds) - 1)
+              if bounds[g + 1] > bounds[g]]
+
+    def split(group):
+        g, members = group
         sub = max(1, int(round(len(members) / max(1, int(cell_size)))))
-        sub_labels, sub_centroids = _kmeans(y[members], sub, seed + 1 + g, 32)
-        labels[members] = base + sub_labels
-        centroids.append(sub_centroids)
-        base += sub
+        with _single_thread_blas(None):  # OpenMP's thread count is per calling thread
+            return members, sub, _kmeans(y[members], sub, seed + 1 + g, 32)
+
+    # The groups' k-means are independent and seeded by group, so running them on a few
+    # threads (faiss releases the GIL; each call single-threaded) gives the same cells.
+    with ThreadPoolExecutor(max_workers=block_workers()) as pool:
+        for members, sub, (sub_labels, sub_centroids) in pool.map(split, groups):
+            labels[members] = base + sub_labels
+            centroids.append(sub_centroids)
+            base += sub
     del y
     nlist = base
     cent = np.ascontiguousarray(np.concatenate(centroids), dtype=np.float32)
