@@ -299,10 +299,18 @@ def append_row(path: Path, row: dict) -> None:
         os.fsync(f.fileno())
 
 
-def run(args) -> dict:
-    """Prepare what is missing, then fit the units not yet in the units file."""
+def run(args, stats: dict | None = None) -> dict:
+    """Prepare what is missing, then fit the units not yet in the units file; `stats` (updated
+    in place, so a caller interrupted mid-run still sees the units finished so far)."""
     plan = PLANS[args.plan]
     units, prepares = plan_units(plan)
+    if getattr(args, "settings", None):
+        wanted = args.settings.split(",")
+        unknown = sorted(set(wanted) - {st["name"] for st in plan})
+        if unknown:
+            raise SystemExit(f"unknown setting(s) {', '.join(unknown)}; plan {args.plan!r} has "
+                             f"{', '.join(st['name'] for st in plan)}")
+        units = [u for u in units if u["setting"] in wanted]
     units_path = Path(args.units)
     done = done_keys(load_units(units_path))
     todo = [u for u in units if unit_key(u["setting"], u["method"], u["keep_ratio"], u["seed"], u["learner"])
@@ -310,7 +318,8 @@ def run(args) -> dict:
     cache_dir = Path(args.out) / "cache"
     cache_dir.mkdir(parents=True, exist_ok=True)
     deadline = time.time() + 60 * args.max_minutes if args.max_minutes else None
-    stats = {"planned": len(units), "done_before": len(units) - len(todo), "done_now": 0, "started": time.time()}
+    stats = {"done_now": 0, "started": time.time()} if stats is None else stats
+    stats.update(planned=len(units), done_before=len(units) - len(todo))
     print(f"[report] {len(units)} units planned, {stats['done_before']} done, {len(todo)} to do", file=sys.stderr,
           flush=True)
     if not todo:
@@ -334,34 +343,46 @@ def run(args) -> dict:
             finished(fit(u, str(cache_dir), threads=0))
         return stats
     ctx = mp.get_context("spawn")
-    with cf.ProcessPoolExecutor(args.jobs, mp_context=ctx) as pool:
-        preps = {pool.submit(prepare, p, str(cache_dir)): p["key"] for p in need}
-        ready = {k for k in prepares if (cache_dir / f"{k}.json").exists()}
-        queue = list(todo)
-        running = {}
-        while queue or running or preps:
-            for fut in [f for f in preps if f.done()]:
-                fut.result()  # a failed prepare stops the report with its error
-                ready.add(preps.pop(fut))
-            # Keep at most `jobs` fits in flight beside the prepares, in priority order.
-            while len(running) + len(preps) < args.jobs + 1 and (not deadline or time.time() < deadline):
-                nxt = next((u for u in queue if u["cache"] in ready), None)
-                if nxt is None:
-                    break
-                queue.remove(nxt)
-                running[pool.submit(fit, nxt, str(cache_dir))] = nxt
-            if deadline and time.time() >= deadline:
-                queue.clear()
-                for fut in preps:
-                    fut.cancel()
-                preps = {f: k for f, k in preps.items() if not f.cancelled() and not f.done()}
-            if not running and not preps:
-                break
-            done_now, _ = cf.wait(list(running) + list(preps), timeout=5, return_when=cf.FIRST_COMPLETED)
-            for fut in [f for f in done_now if f in running]:
-                running.pop(fut)
-                finished(fut.result())
+    pool = cf.ProcessPoolExecutor(args.jobs, mp_context=ctx)
+    try:
+        _run_pool(pool, args, todo, need, prepares, cache_dir, deadline, finished)
+    except KeyboardInterrupt:  # stop the running fits now instead of waiting minutes for them
+        for proc in list(getattr(pool, "_processes", {}).values()):
+            proc.terminate()
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown()
     return stats
+
+
+def _run_pool(pool, args, todo, need, prepares, cache_dir, deadline, finished) -> None:
+    """The parallel part of `run`: prepares first, then at most `jobs` + 1 fits in flight."""
+    preps = {pool.submit(prepare, p, str(cache_dir)): p["key"] for p in need}
+    ready = {k for k in prepares if (cache_dir / f"{k}.json").exists()}
+    queue = list(todo)
+    running = {}
+    while queue or running or preps:
+        for fut in [f for f in preps if f.done()]:
+            fut.result()  # a failed prepare stops the report with its error
+            ready.add(preps.pop(fut))
+        # Keep at most `jobs` fits in flight beside the prepares, in priority order.
+        while len(running) + len(preps) < args.jobs + 1 and (not deadline or time.time() < deadline):
+            nxt = next((u for u in queue if u["cache"] in ready), None)
+            if nxt is None:
+                break
+            queue.remove(nxt)
+            running[pool.submit(fit, nxt, str(cache_dir))] = nxt
+        if deadline and time.time() >= deadline:
+            queue.clear()
+            for fut in preps:
+                fut.cancel()
+            preps = {f: k for f, k in preps.items() if not f.cancelled() and not f.done()}
+        if not running and not preps:
+            break
+        done_now, _ = cf.wait(list(running) + list(preps), timeout=5, return_when=cf.FIRST_COMPLETED)
+        for fut in [f for f in done_now if f in running]:
+            running.pop(fut)
+            finished(fut.result())
 
 
 # --------------------------------------------------------------------------- markdown
@@ -585,6 +606,8 @@ def main(argv=None) -> int:
     p.add_argument("--max-minutes", type=float, default=None,
                    help="stop starting new units after this many minutes (running ones finish), then render")
     p.add_argument("--render-only", action="store_true", help="only re-render the doc from the units file")
+    p.add_argument("--settings", default=None,
+                   help="comma-separated setting names to run now (default: every setting, in plan order)")
     p.add_argument("--units", default=str(ROOT / "docs" / "results_units.csv"),
                    help="finished units, one row each (appended; the resume point)")
     p.add_argument("--out", default=str(ROOT / "runs" / "relabel_report"), help="cache folder for prepared seeds")
@@ -600,11 +623,17 @@ def main(argv=None) -> int:
     log_path = Path(args.units).with_suffix(".log.json")
     invocations = json.loads(log_path.read_text()) if log_path.exists() else []
     if not args.render_only:
-        stats = run(args)
+        stats = {"done_now": 0, "started": time.time()}
+        stopped = False
+        try:
+            stats = run(args, stats)
+        except KeyboardInterrupt:  # stopped by hand: the finished units are kept; log the time spent
+            stopped = True
         stats["seconds"] = time.time() - stats["started"]
         if stats["done_now"]:
             invocations.append({"date": time.strftime("%Y-%m-%d %H:%M"), "units": stats["done_now"],
-                                "seconds": round(stats["seconds"], 1), "jobs": args.jobs})
+                                "seconds": round(stats["seconds"], 1), "jobs": args.jobs,
+                                **({"stopped_by_hand": True} if stopped else {})})
             from prune_core.pipeline import atomic_write_json
 
             atomic_write_json(log_path, invocations)
