@@ -48,7 +48,7 @@ def _train(ds, y, epochs: int, loss_name: str, seed: int = 0):
     import torch.nn.functional as F
 
     from prune_core.models import build_model, compute_normalization, resolve_model_name
-    from prune_core.warmup import BatchSource, augment_batch, default_hyperparameters, epoch_batches
+    from prune_core.training import BatchSource, augment_batch, default_hyperparameters, epoch_batches
 
     x = np.asarray(ds.x_train)
     name = resolve_model_name("auto", ds.kind, x.shape[1:], num_examples=len(x), device_type="cpu")
@@ -90,7 +90,7 @@ def _train(ds, y, epochs: int, loss_name: str, seed: int = 0):
 def _embed(net, src, flip: bool = False):
     import torch
 
-    from prune_core.warmup import INFERENCE_BATCH
+    from prune_core.training import INFERENCE_BATCH
 
     net.eval()
     logits, embs = [], []
@@ -113,7 +113,7 @@ def run_variant(variant: str, threads: int) -> dict:
     torch.set_num_threads(threads)
     import prune_core as pc
     from prune_core.sweep import graph_purity
-    from prune_core.warmup import BatchSource
+    from prune_core.training import BatchSource
 
     ds = pc.load_dataset(CIFAR)
     y_true = ds.y_train_clean

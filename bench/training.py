@@ -67,7 +67,7 @@ def throughput(ds, y, model_name: str, steps: int, batch: int = 128) -> dict:
     import torchvision.transforms as T
 
     from prune_core.models import build_model, compute_normalization, to_device
-    from prune_core.warmup import BatchSource, augment_batch, epoch_batches
+    from prune_core.training import BatchSource, augment_batch, epoch_batches
 
     kind = ds.kind
     shape = ds.x_train.shape[1:]

@@ -24,7 +24,7 @@ if A.is_model_outputs(S.warmup(run_id)):
     st.stop()
 
 from prune_core.models import MODEL_NAMES, resolve_model_name  # noqa: E402
-from prune_core.warmup import default_hyperparameters, resolve_device  # noqa: E402
+from prune_core.training import default_hyperparameters, resolve_device  # noqa: E402
 
 ds = d.ds
 c1, c2, c3, c4, c5 = st.columns(5)

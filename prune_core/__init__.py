@@ -29,8 +29,25 @@ from .noise import apply_noise, inject_noise, parse_noise_spec  # noqa: E402
 from .scores import confidence  # noqa: E402
 from .selection import Selection, list_methods, select  # noqa: E402
 
-# Bound after `.data`/`.noise` so the name `warmup` is the function, not the submodule.
-from .warmup import WarmupResult, warmup  # noqa: E402
+
+# `warmup` and `WarmupResult` live in `.training`, which imports torch (~4 s, ~0.7 GiB): they
+# load on first use, so `import prune_core` (the CLI's --help and select, the Ray workers)
+# does not pay for torch when it trains nothing (PEP 562 module __getattr__).
+_LAZY = {"warmup": "training", "WarmupResult": "training"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))
 
 __version__ = "0.1.0"
 

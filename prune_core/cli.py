@@ -323,7 +323,7 @@ def run_sweep_cli(args, config_factory, progress_printer) -> int:
     config = config_factory(args)
     # Everything else the run needs, checked before any training.
     from .noise import parse_noise_spec
-    from .warmup import resolve_device
+    from .training import resolve_device
 
     parse_noise_spec(config.noise)
     resolve_device(config.device)

@@ -95,7 +95,7 @@ def task_warmup(ctx: JobContext, epochs: int | None = None, model: str = "auto",
     """
     import uuid
 
-    from .warmup import warmup
+    from .training import warmup
 
     data = load_data(ctx.store, ctx.run_id)
     if data is None:

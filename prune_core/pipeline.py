@@ -129,7 +129,7 @@ def run_pipeline(config: RunConfig, progress=None, cancel=None) -> RunResult:
     """Run every stage for `config`. progress(stage, fraction, message) is called along the way."""
     from .data import load_dataset
     from .noise import apply_noise
-    from .warmup import warmup
+    from .training import warmup
 
     def report(stage):
         def inner(fraction, message="", metrics=None):
@@ -229,15 +229,37 @@ def _library_versions() -> dict:
     import numba
     import scipy
     import sklearn
-    import torch
 
     from . import __version__
 
     return {
         "prune_core": __version__, "python": platform.python_version(), "numpy": np.__version__,
-        "scipy": scipy.__version__, "scikit-learn": sklearn.__version__, "torch": torch.__version__,
+        "scipy": scipy.__version__, "scikit-learn": sklearn.__version__, "torch": _torch_version(),
         "faiss": faiss.__version__, "numba": numba.__version__,
     }
+
+
+def _torch_version() -> str | None:
+    """torch's version without importing it (a selection from given outputs never needs
+    torch, and importing it costs seconds); None when it is not installed."""
+    import importlib.util
+    import re
+    import sys
+    from importlib import metadata
+
+    if "torch" in sys.modules:
+        return sys.modules["torch"].__version__
+    spec = importlib.util.find_spec("torch")
+    if spec is None:
+        return None
+    try:  # torch/version.py holds the full version, build label included (2.14.1+cu130)
+        text = Path(next(iter(spec.submodule_search_locations)), "version.py").read_text()
+        return re.search(r"^__version__\s*=\s*['\"]([^'\"]+)['\"]", text, re.M).group(1)
+    except Exception:  # an unusual install: the distribution's version (without the label)
+        try:
+            return metadata.version("torch")
+        except metadata.PackageNotFoundError:
+            return None
 
 
 def selection_table(result: RunResult):

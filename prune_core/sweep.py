@@ -241,7 +241,7 @@ def prepare_seed(config, ds, seed: int, report=None, cancel=None, precomputed: d
     {"noisy": NoisyLabels, "wu": warm-up outputs, "graph": CSR, "ginfo": GraphInfo})."""
     from .graph import build_graph
     from .noise import apply_noise
-    from .warmup import warmup
+    from .training import warmup
 
     report = report or (lambda *a, **k: None)
     if precomputed is not None:
@@ -391,7 +391,7 @@ def run_sweep(
     from .noise import parse_noise_spec
     from .selection import get_method
     from .validation import check_k
-    from .warmup import resolve_device
+    from .training import resolve_device
 
     config = _as_config(config_base)
     specs, ratios, seeds, learners = check_sweep_inputs(methods, ratios, seeds, learner, learner_epochs,

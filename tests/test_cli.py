@@ -102,3 +102,31 @@ def test_methods_lists_registry():
     r = run_cli("methods")
     assert r.returncode == 0
     assert "prune4rel" in r.stdout and "uniform" in r.stdout
+
+
+def test_help_and_select_from_given_outputs_do_not_import_torch(tmp_path):
+    """torch costs seconds and ~0.7 GiB to import; `import prune_core`, `--help` and a
+    selection from model outputs the user brings never train, so they must not load it
+    (on a machine with the NVIDIA driver the GPU probe may, legitimately)."""
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "emb.npy", rng.normal(size=(300, 8)).astype(np.float32))
+    np.save(tmp_path / "probs.npy", rng.dirichlet(np.ones(4), 300).astype(np.float32))
+    np.save(tmp_path / "labels.npy", rng.integers(0, 4, 300))
+    select = ("main(['select', '--probs', 'P/probs.npy', '--embeddings', 'P/emb.npy', '--labels', 'P/labels.npy', "
+              "'--keep-ratio', '0.5', '--tau', 'auto', '--out', 'P/out', '--quiet'])").replace("P", str(tmp_path))
+    code = ("import sys, prune_core\n"
+            "assert 'torch' not in sys.modules, 'import prune_core loaded torch'\n"
+            "from prune_core.cli import main\n"
+            "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+            "assert 'torch' not in sys.modules, '--help loaded torch'\n"
+            f"assert {select} == 0\n"
+            "import os\n"
+            "gpu = os.path.exists('/proc/driver/nvidia') or os.path.exists('/dev/dxg')\n"
+            "assert gpu or 'torch' not in sys.modules, 'select from given outputs loaded torch'\n"
+            "print('ok')\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-2000:]
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    import torch
+
+    assert manifest["versions"]["torch"] == torch.__version__  # read without importing it, label included

@@ -30,8 +30,8 @@ from prune_core.sweep_report import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-# The module, not the function `prune_core.warmup` that the package re-exports.
-warmup_module = importlib.import_module("prune_core.warmup")
+# The warm-up module (the package re-exports its function `warmup`).
+warmup_module = importlib.import_module("prune_core.training")
 REQUIRED = ["method", "keep_ratio", "seed", "learner", "test_acc", "relabel_acc_subset", "relabel_acc_all",
             "noise_in_subset", "select_seconds", "budget", "objective_F", "learner_seconds", "given_acc_all",
             "relabel_gain_all"]

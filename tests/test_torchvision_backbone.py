@@ -13,7 +13,7 @@ from prune_core.cli import main
 from prune_core.data import Dataset
 from prune_core.errors import InputError
 from prune_core.models import build_model, resolve_model_name
-from prune_core.warmup import warmup
+from prune_core.training import warmup
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ from prune_core.models import (
     to_device,
     to_tensor_batch,
 )
-from prune_core.warmup import WarmupResult, predict, resolve_device, warmup
+from prune_core.training import WarmupResult, predict, resolve_device, warmup
 
 
 @pytest.fixture(autouse=True)
@@ -111,7 +111,7 @@ def test_resnet20_is_the_cifar_resnet_and_the_cpu_default():
     assert resolve_model_name("auto", "rgb", (32, 32, 3), num_examples=3_000) == "small_cnn"
     for n in (500, 50_000):
         assert resolve_model_name("auto", "rgb", (32, 32, 3), num_examples=n, device_type="cuda") == "preact_resnet18"
-    from prune_core.warmup import default_hyperparameters
+    from prune_core.training import default_hyperparameters
 
     assert default_hyperparameters("small_cnn", "rgb")[0] == 30 and default_hyperparameters("small_cnn", "grey")[0] == 15
 
@@ -312,7 +312,7 @@ def test_digits_with_40pct_symmetric_noise_default_epochs():
 
 
 def test_random_shift_is_a_crop_of_the_padded_batch():
-    from prune_core.warmup import random_erase, random_shift
+    from prune_core.training import random_erase, random_shift
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(4, 3, 8, 8) + 10  # no zeros, so padding and erased pixels are visible
     out = random_shift(x, 2, gen)

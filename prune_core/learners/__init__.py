@@ -17,7 +17,7 @@ Two kinds of input (`input`):
   (`prune_core.models.build_model`: the warm-up's architecture for images, resolved for the
   device, e.g. small_cnn or resnet20 on a CPU; the MLP for feature vectors) trains on the kept examples
   ONLY; the views are the warm-up's weak / strong augmentations
-  (`prune_core.warmup.augment_batch`; feature vectors get the gaussian views below). Nothing
+  (`prune_core.training.augment_batch`; feature vectors get the gaussian views below). Nothing
   the learner sees comes from a pruned example, so subsets compare honestly.
 - ``"frozen-features"`` (explicit choice, fast): `x` is the frozen warm-up embedding (N, D)
   and the learner trains a small head on it (one hidden layer, Linear-BN-ReLU-Linear,
@@ -130,7 +130,7 @@ def fit_learner(
     checked at every batch (raises errors.Cancelled).
     """
     from ..models import MLP, build_model, compute_normalization, infer_kind, to_device
-    from ..warmup import resolve_device
+    from ..training import resolve_device
 
     info = get_learner(name)
     started = time.perf_counter()

@@ -50,7 +50,7 @@ def learner_inputs(ds, wu, input: str = "from-scratch", device="auto", cancel=No
     frozen-features: wu.embeddings (N, D) and the test embeddings from one deterministic pass
     of the warm-up model over ds.x_test (needs wu.model).
     """
-    from ..warmup import predict, resolve_device
+    from ..training import predict, resolve_device
 
     kind = resolve_learner_input(input, device)
     dev = str(resolve_device(device))

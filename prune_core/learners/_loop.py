@@ -97,7 +97,7 @@ class _Context:
                 keep = (torch.rand(xb.shape, generator=self.gen) >= p["strong_dropout"]).to(xb.device)
                 out = out * keep / (1.0 - p["strong_dropout"])
             return out
-        from ..warmup import augment_batch
+        from ..training import augment_batch
 
         return augment_batch(xb, self.kind, self.gen, strong=strong)
 
