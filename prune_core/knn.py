@@ -423,12 +423,14 @@ def make_cells(z: np.ndarray, cell_size: int = CELL_SIZE, nprobe: int = CELL_PRO
     def split(group):
         g, members = group
         sub = max(1, int(round(len(members) / max(1, int(cell_size)))))
-        with _single_thread_blas(None):  # OpenMP's thread count is per calling thread
+        # OpenMP's thread count is a per-thread setting: limit this thread's own. (BLAS
+        # limits are process-wide: set once below, never from two threads at a time.)
+        with _single_thread_blas("openmp"):
             return members, sub, _kmeans(y[members], sub, seed + 1 + g, 32)
 
     # The groups' k-means are independent and seeded by group, so running them on a few
     # threads (faiss releases the GIL; each call single-threaded) gives the same cells.
-    with ThreadPoolExecutor(max_workers=block_workers()) as pool:
+    with _single_thread_blas(), ThreadPoolExecutor(max_workers=block_workers()) as pool:
         for members, sub, (sub_labels, sub_centroids) in pool.map(split, groups):
             labels[members] = base + sub_labels
             centroids.append(sub_centroids)
