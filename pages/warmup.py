@@ -23,7 +23,7 @@ if A.is_model_outputs(S.warmup(run_id)):
             "there is nothing to train here; use Select, Explore and Label errors.")
     st.stop()
 
-from prune_core.models import MODEL_NAMES, resolve_model_name  # noqa: E402
+from prune_core.models import MODEL_NAMES, TORCHVISION_PREFIX, resolve_model_name  # noqa: E402
 from prune_core.training import default_hyperparameters, resolve_device  # noqa: E402
 
 ds = d.ds
@@ -36,7 +36,19 @@ def reset_defaults():
         st.session_state.pop(k, None)
 
 
-model = c1.selectbox("Model", ["auto", *MODEL_NAMES], key="warmup_model", on_change=reset_defaults)
+PRETRAINED = "pretrained backbone (torchvision)"
+model = c1.selectbox("Model", ["auto", *MODEL_NAMES, PRETRAINED], key="warmup_model", on_change=reset_defaults)
+if model == PRETRAINED:
+    # Purer neighbourhoods than any from-scratch net on small data (docs/benchmarks.md): a frozen
+    # torchvision backbone whose new linear head the warm-up trains.
+    spec = st.text_input(
+        "Backbone: torchvision:ARCH[:WEIGHTS]", value="torchvision:resnet18", key="warmup_backbone",
+        on_change=reset_defaults,
+        help="ARCH: any torchvision classification model (resnet18, resnet50, convnext_tiny, ...). WEIGHTS: "
+             "DEFAULT (torchvision's pretrained weights, downloaded once into torch's hub cache), a weights "
+             "name such as IMAGENET1K_V1, a local state_dict file (/path/to/resnet50-11ad3fa6.pth) for machines "
+             "without internet, or none (random, frozen: for testing only).").strip()
+    model = spec if spec.startswith(TORCHVISION_PREFIX) else TORCHVISION_PREFIX + spec
 try:
     try:  # "auto" depends on the device (the paper's network on CUDA); the choice sits below
         device_type = resolve_device(st.session_state.get("warmup_device", "auto")).type

@@ -225,6 +225,21 @@ def test_warmup_page_shows_last_run(ws):
     assert len(at.error) == 1 and "does not fit" in at.error[0].value
 
 
+def test_warmup_page_offers_pretrained_backbones(ws):
+    """A torchvision backbone is reachable from the app, checked as it is typed (no download)."""
+    from prune_core.training import TORCHVISION_DEFAULTS
+
+    store, rid, _ = ws
+    at = open_app(rid, "pages/warmup.py")
+    at.selectbox(key="warmup_model").set_value("pretrained backbone (torchvision)").run()
+    assert not at.error and at.text_input(key="warmup_backbone").value == "torchvision:resnet18"
+    assert at.number_input(key="warmup_epochs").value == TORCHVISION_DEFAULTS[0]  # the backbone's defaults
+    at.text_input(key="warmup_backbone").input("torchvision:nosuchnet").run()
+    assert len(at.error) == 1 and "unknown torchvision model" in at.error[0].value
+    at.text_input(key="warmup_backbone").input("resnet50:none").run()  # the prefix is optional
+    assert not at.error and not at.exception
+
+
 def test_label_errors_accept_and_export(ws):
     store, rid, _ = ws
     at = open_app(rid, "pages/label_errors.py")
