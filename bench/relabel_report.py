@@ -46,7 +46,9 @@ USPS = "npz:../shared/datasets/usps/usps.npz"
 
 # Methods compared in every setting: label -> (registry name, parameter overrides).
 METHODS = {
-    "prune4rel": ("prune4rel", {}),
+    # Modes pinned: the units before the library's default moved to official (2026-11-30) ran
+    # "prune4rel" in exact mode, and later units must mean the same.
+    "prune4rel": ("prune4rel", {"mode": "exact"}),
     "p4r:official": ("prune4rel", {"mode": "official"}),
     "uniform": ("uniform", {}),
     "small_loss": ("small_loss", {}),
@@ -56,14 +58,15 @@ METHODS = {
     "margin": ("margin", {}),
     "forgetting": ("forgetting", {}),
 }
-# Prune4ReL defaults study: one change each against the library default (exact mode, tau
-# auto, eta 1, balance none, maxprob confidence).
+# Prune4ReL defaults study: one change each against "prune4rel" above (exact mode, tau auto,
+# eta 1, balance none, maxprob confidence; the library's default mode is official since
+# 2026-11-30, so exact is pinned).
 STUDY = {
-    "p4r:tau0.975": ("prune4rel", {"tau": 0.975}),
-    "p4r:eta0.3": ("prune4rel", {"eta": 0.3}),
-    "p4r:eta3": ("prune4rel", {"eta": 3.0}),
-    "p4r:equal": ("prune4rel", {"balance": "equal"}),
-    "p4r:margin": ("prune4rel", {"confidence": "margin"}),
+    "p4r:tau0.975": ("prune4rel", {"mode": "exact", "tau": 0.975}),
+    "p4r:eta0.3": ("prune4rel", {"mode": "exact", "eta": 0.3}),
+    "p4r:eta3": ("prune4rel", {"mode": "exact", "eta": 3.0}),
+    "p4r:equal": ("prune4rel", {"mode": "exact", "balance": "equal"}),
+    "p4r:margin": ("prune4rel", {"mode": "exact", "confidence": "margin"}),
     "p4r:paper": ("prune4rel", {"mode": "official", "tau": 0.975, "balance": "equal"}),
 }
 
@@ -518,6 +521,9 @@ def render(df, args, caches: dict, invocations: list[dict]) -> str:
             "head, trained on embeddings of all examples, put every sensible method within 0.5 pt on USPS).",
             "- Per (data, noise, seed): one warm-up (CE on the given labels, default epochs), one kNN graph "
             "(k = 50, tau auto), every method's selection; nested methods are ranked once and sliced.",
+            "- Method labels: `prune4rel` is Prune4ReL in the exact mode (true marginal gains of F), "
+            "`p4r:official` in the official mode (the released code's own-term score; the library's default mode "
+            "since 2026-11-30, chosen on these tables: finding 5), `p4r:*` the defaults study's one-change variants.",
             "- Re-labeling accuracy (all): the learner's label vs the ground truth over all training examples. "
             "*Given labels*: the accuracy of the labels as given (no re-labeling); a learner below it made the labels "
             "worse. Gain = re-labeling accuracy − given-label accuracy.",

@@ -59,6 +59,7 @@ import numpy as np
 from .distributed_tasks import (_assemble_rows, _assign_chunk, _cover_partition, _edges_for, _greedy_partition,
                                 _read_rows, _rows_of, _search_partition, _second_round)
 from .errors import InputError
+from .prune4rel import DEFAULT_MODE
 
 ENGINES = ("local", "ray")
 DEFAULT_OVERLAP = 0.1  # share of examples copied into their second partition's search
@@ -263,7 +264,7 @@ def _merge(streams, class_counts, members):
 
 
 def ray_select(embeddings, probs, labels, keep_ratio: float, *, k: int = 50, tau="auto", search: str = "auto",
-               mode: str = "exact", eta: float = 1.0, balance: str = "none", confidence: str = "maxprob",
+               mode: str = DEFAULT_MODE, eta: float = 1.0, balance: str = "none", confidence: str = "maxprob",
                seed: int = 0, partitions: int | None = None, overlap: float = DEFAULT_OVERLAP,
                candidate_slack: float = DEFAULT_CANDIDATE_SLACK, second_round: bool = True,
                address: str | None = None, progress=None, kill_marker: str | None = None,

@@ -19,6 +19,7 @@ import numpy as np
 from .errors import InputError, check_cancel
 from .graph import build_graph
 from .metrics import selection_metrics
+from .prune4rel import DEFAULT_MODE
 from .runstore import atomic_write_bytes, atomic_write_json  # noqa: F401  (re-exported)
 from .scores import confidence as confidence_of
 from .selection import Selection, get_method, select
@@ -50,7 +51,7 @@ class RunConfig:
     search: str = "auto"
     pca_dim: int | None = None
     # prune4rel
-    mode: str = "exact"
+    mode: str = DEFAULT_MODE
     eta: float = 1.0
     balance: str = "none"
     confidence: str = "maxprob"
