@@ -14,7 +14,7 @@ import pytest
 import prune_core as pc
 from prune_core import distributed
 from prune_core.cli import main
-from prune_core.prune4rel import greedy_neighbourhood_confidence, neighbourhood_confidence, objective
+from prune_core.prune4rel import DEFAULT_MODE, greedy_neighbourhood_confidence, neighbourhood_confidence, objective
 from prune_core.scores import confidence
 
 ray = pytest.importorskip("ray")
@@ -47,7 +47,7 @@ def clustered(n, d, clusters, spread, seed, groups=None):
     return x.astype(np.float32), probs, (member % 10).astype(np.int64)
 
 
-def single_machine(x, probs, keep_ratio, k, tau, mode="exact"):
+def single_machine(x, probs, keep_ratio, k, tau, mode=DEFAULT_MODE):
     g = pc.build_graph(x, k=k, tau=tau, search="exact")
     conf = confidence(probs)
     budget = round(keep_ratio * len(x))
@@ -71,8 +71,8 @@ def test_separable_partitions_give_the_single_machine_picks(local_ray, mode):
 
 def test_clustered_data_with_cross_edges_keeps_f_within_one_percent(local_ray):
     x, probs, y = clustered(4000, 24, 60, 0.35, 1)
-    g, conf, want = single_machine(x, probs, 0.3, 20, 0.95)
-    res = distributed.ray_select(x, probs, y, 0.3, k=20, tau=0.95, search="exact", partitions=3)
+    g, conf, want = single_machine(x, probs, 0.3, 20, 0.95, mode="exact")  # F's greedy, F's ratio
+    res = distributed.ray_select(x, probs, y, 0.3, k=20, tau=0.95, search="exact", partitions=3, mode="exact")
     assert res.info["cross_partition_entries"] > 0  # the partitions cut clusters: a real test of round 2
     f_single = objective(g, conf, want)
     f_ray = objective(g, conf, res.picks)  # F of the Ray picks on the single-machine graph
