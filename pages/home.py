@@ -151,6 +151,11 @@ else:
         ui.request_run(pick)
         st.rerun()
 
+    # The outcome of a deletion shows above the expander: the expander closes once nothing is
+    # asked any more, and a note inside it would be hidden.
+    note = st.session_state.pop("home_delete_note", None)
+    if note:
+        (st.error if note[0] == "error" else st.success)(note[1])
     with st.expander("Delete a run", expanded="home_delete_asked" in st.session_state):
         # Nothing is preselected, and deleting asks again, naming the run. Callbacks (no rerun):
         # they act before the script draws the page, sidebar included.
@@ -185,6 +190,4 @@ else:
             d1, d2 = st.columns(2)
             d1.button(f"Delete {run['name']}", key="home_delete_confirm", type="primary", on_click=delete_asked)
             d2.button("Keep it", key="home_delete_cancel", on_click=forget_delete)
-        note = st.session_state.pop("home_delete_note", None)
-        if note:
-            (st.error if note[0] == "error" else st.success)(note[1])
+
