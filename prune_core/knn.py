@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -94,15 +95,11 @@ def _no_nvidia_driver() -> bool:
     """True only where CUDA certainly cannot work: Linux without the NVIDIA kernel driver
     (nor WSL's GPU device). Lets CPU-only runs skip importing torch (~4 s, ~0.7 GiB) just
     to learn that there is no GPU."""
-    import sys
-
     return (sys.platform.startswith("linux") and not os.path.exists("/proc/driver/nvidia")
             and not os.path.exists("/dev/dxg"))
 
 
 def _torch_cuda_available() -> bool:
-    import sys
-
     if "torch" not in sys.modules and _no_nvidia_driver():
         return False
     try:
