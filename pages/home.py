@@ -152,14 +152,16 @@ else:
         st.rerun()
 
     # The outcome of a deletion shows above the expander: the expander closes once nothing is
-    # asked any more, and a note inside it would be hidden.
-    note = st.session_state.pop("home_delete_note", None)
+    # asked any more, and a note inside it would be hidden. It stays until the next deletion is
+    # started: the page reruns by itself while jobs run, and a note shown once would flash by.
+    note = st.session_state.get("home_delete_note")
     if note:
         (st.error if note[0] == "error" else st.success)(note[1])
     with st.expander("Delete a run", expanded="home_delete_asked" in st.session_state):
         # Nothing is preselected, and deleting asks again, naming the run. Callbacks (no rerun):
         # they act before the script draws the page, sidebar included.
         def ask_to_delete():
+            st.session_state.pop("home_delete_note", None)
             st.session_state["home_delete_asked"] = st.session_state.get("home_delete_pick")
 
         def forget_delete():

@@ -411,6 +411,16 @@ def test_delete_asks_first_naming_the_run(ws):
     at.button(key="home_delete_confirm").click().run()
     assert store.get_run(doomed) is None and store.get_run(rid) is not None
     assert at.sidebar.selectbox(key="run").value == rid
+    # The outcome stays through the page's own reruns (it polls while jobs run) ...
+    for _ in range(2):
+        assert any(f"Deleted run to be deleted ({doomed})" in n.value for n in at.success)
+        at.run()
+    # ... until the next deletion is started.
+    other = store.create_run({"data": "digits"}, name="second")
+    at.run()
+    at.selectbox(key="home_delete_pick").set_value(other).run()
+    at.button(key="home_delete").click().run()
+    assert not any("Deleted run" in n.value for n in at.success)
 
 
 def test_explore_switches_to_umap_when_ready_unless_pca_was_picked(ws):
