@@ -149,8 +149,8 @@ with st.expander("New run from a dataset", expanded=not has_data):
             A.save_data(s, new_id, ds, noisy, seed)
             s.update_run(new_id, state="done", message="data loaded")
             ui.request_run(new_id)
-            st.session_state["data_loaded_msg"] = (f"Loaded {ds.n_train} training examples ({ds.num_classes} classes) "
-                                                   f"with noise {noisy.spec}. Next: Warm-up.")
+            st.session_state["data_loaded_msg"] = (new_id, f"Loaded {ds.n_train} training examples ({ds.num_classes} classes) "
+                                                            f"with noise {noisy.spec}. Next: Warm-up.")
             st.rerun()
         except InputError as e:
             st.error(users_words(str(e)))
@@ -210,15 +210,16 @@ with st.expander("New run from model outputs (probabilities and embeddings you a
             J.save_model_outputs(s, new_id, outputs, images)
             s.update_run(new_id, state="done", message="model outputs loaded")
             ui.request_run(new_id)
-            st.session_state["data_loaded_msg"] = (f"Loaded model outputs for {outputs.n} examples "
-                                                   f"({outputs.num_classes} classes). Next: Select.")
+            st.session_state["data_loaded_msg"] = (new_id, f"Loaded model outputs for {outputs.n} examples "
+                                                            f"({outputs.num_classes} classes). Next: Select.")
             st.rerun()
         except InputError as e:
             st.error(str(e))
 
-msg = st.session_state.pop("data_loaded_msg", None)
-if msg:
-    st.success(msg)
+# The note stays while its run is the current one: the page also reruns by itself (job polling).
+loaded = st.session_state.get("data_loaded_msg")
+if loaded and loaded[0] == run_id:
+    st.success(loaded[1])
 
 if run_id is None or not has_data:
     if run_id is not None:

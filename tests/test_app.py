@@ -311,6 +311,9 @@ def test_data_page_bad_npz_and_new_run(ws, tmp_path):
     assert any("of all labels wrong (" in c.value and "of classes 2, 3, 5, 6, 7)" in c.value for c in at.caption), \
         [c.value for c in at.caption]
     assert at.sidebar.selectbox(key="run").value == new["id"]
+    for _ in range(2):  # the note stays through the page's own reruns, while its run is current
+        assert any("1437 training examples" in n.value and "Next: Warm-up" in n.value for n in at.success)
+        at.run()
     store.delete_run(new["id"])
 
 
