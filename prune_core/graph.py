@@ -114,31 +114,58 @@ def parse_tau(tau) -> tuple[float | None, str]:
 # unit diagonal, sorted int32 columns. Memory O(edges); no scipy transpose copies.
 
 
-@numba.njit(cache=True)
-def _knn_degrees(ids, sim, tau, deg):
+@numba.njit(parallel=True, cache=True)
+def _knn_counts(ids, sim, tau, chunk_rows, own, incoming):
+    """Per row i: own[i] kept entries of its list; per chunk c of chunk_rows consecutive rows
+    and row j: incoming[c, j] kept entries of the chunk's lists that name j (j gets i back)."""
     n, k = ids.shape
-    for i in range(n):
-        for t in range(k):
-            j = ids[i, t]
-            if j >= 0 and j != i and sim[i, t] > tau:
-                deg[i] += 1
-                deg[j] += 1
+    for c in numba.prange(incoming.shape[0]):
+        for i in range(c * chunk_rows, min(n, (c + 1) * chunk_rows)):
+            m = 0
+            for t in range(k):
+                j = ids[i, t]
+                if j >= 0 and j != i and sim[i, t] > tau:
+                    m += 1
+                    incoming[c, j] += 1
+            own[i] = m
 
 
-@numba.njit(cache=True)
-def _knn_fill(ids, sim, tau, fill, cols, vals):
+@numba.njit(parallel=True, cache=True)
+def _knn_cursors(ptr, own, incoming):
+    """incoming[c, j] <- where chunk c writes its first entry into row j (in place): after
+    the diagonal, row j's own entries and the earlier chunks' entries."""
+    chunks, n = incoming.shape
+    for j in numba.prange(n):
+        pos = ptr[j] + 1 + own[j]
+        for c in range(chunks):
+            m = incoming[c, j]
+            incoming[c, j] = pos
+            pos += m
+
+
+@numba.njit(parallel=True, cache=True)
+def _knn_fill_parallel(ids, sim, tau, chunk_rows, ptr, cursors, cols, vals):
+    """Both directions of every kept entry, each chunk of rows on its own thread: row i's own
+    entries go to its own region, the reverse entries through the chunk's cursors (every
+    slot has one writer, so the layout does not depend on timing)."""
     n, k = ids.shape
-    for i in range(n):
-        for t in range(k):
-            j = ids[i, t]
-            s = sim[i, t]
-            if j >= 0 and j != i and s > tau:
-                cols[fill[i]] = j
-                vals[fill[i]] = s
-                fill[i] += 1
-                cols[fill[j]] = i
-                vals[fill[j]] = s
-                fill[j] += 1
+    for c in numba.prange(cursors.shape[0]):
+        for i in range(c * chunk_rows, min(n, (c + 1) * chunk_rows)):
+            a = ptr[i]
+            cols[a] = i  # the diagonal
+            vals[a] = 1.0
+            a += 1
+            for t in range(k):
+                j = ids[i, t]
+                s = sim[i, t]
+                if j >= 0 and j != i and s > tau:
+                    cols[a] = j
+                    vals[a] = s
+                    a += 1
+                    b = cursors[c, j]
+                    cols[b] = i
+                    vals[b] = s
+                    cursors[c, j] = b + 1
 
 
 @numba.njit(cache=True)
@@ -163,16 +190,32 @@ def _pairs_fill(rows, cols_in, vals_in, fill, cols, vals):
 
 @numba.njit(parallel=True, cache=True)
 def _sort_merge_rows(ptr, cols, vals, lengths):
-    """Sort each row segment by column, keep the max weight of duplicates (compact in place)."""
+    """Sort each row segment by column, keep the max weight of duplicates (compact in place).
+
+    Rows up to 48 entries (most: about 2 k before the threshold) are insertion-sorted in
+    place, longer ones through argsort (one allocation per row)."""
     n = ptr.shape[0] - 1
     for i in numba.prange(n):
         a, b = ptr[i], ptr[i + 1]
         if b - a == 0:
             lengths[i] = 0
             continue
-        order = np.argsort(cols[a:b], kind="mergesort")
-        c_sorted = cols[a:b][order]
-        v_sorted = vals[a:b][order]
+        if b - a <= 48:
+            for t in range(a + 1, b):
+                c, v = cols[t], vals[t]
+                u = t - 1
+                while u >= a and cols[u] > c:
+                    cols[u + 1] = cols[u]
+                    vals[u + 1] = vals[u]
+                    u -= 1
+                cols[u + 1] = c
+                vals[u + 1] = v
+            c_sorted = cols[a:b]
+            v_sorted = vals[a:b]
+        else:
+            order = np.argsort(cols[a:b], kind="mergesort")
+            c_sorted = cols[a:b][order]
+            v_sorted = vals[a:b][order]
         m = 0
         for t in range(b - a):
             if m > 0 and c_sorted[t] == cols[a + m - 1]:
@@ -208,6 +251,12 @@ def _assemble(n: int, deg: np.ndarray, fill_fn) -> sp.csr_matrix:
     vals[fill] = 1.0
     fill += 1
     fill_fn(fill, cols, vals)
+    return _finish_csr(n, ptr, cols, vals)
+
+
+def _finish_csr(n: int, ptr: np.ndarray, cols: np.ndarray, vals: np.ndarray) -> sp.csr_matrix:
+    """Rows filled (diagonal and both directions of every edge, any order) -> the CSR:
+    columns sorted, duplicates merged by max, int32 indices where they fit."""
     lengths = np.empty(n, dtype=np.int64)
     _sort_merge_rows(ptr, cols, vals, lengths)
     new_ptr = np.zeros(n + 1, dtype=np.int64)
@@ -230,14 +279,30 @@ def _assemble(n: int, deg: np.ndarray, fill_fn) -> sp.csr_matrix:
     return g
 
 
-def _csr_from_knn(ids: np.ndarray, sim: np.ndarray, tau: float, n: int) -> sp.csr_matrix:
-    """Thresholded, symmetrised (by max) graph with unit diagonal from kNN lists (N, k)."""
+def _csr_from_knn(ids: np.ndarray, sim: np.ndarray, tau: float, n: int,
+                  chunks: int | None = None) -> sp.csr_matrix:
+    """Thresholded, symmetrised (by max) graph with unit diagonal from kNN lists (N, k).
+
+    Counting and filling run in `chunks` chunks of consecutive rows in parallel (default: one
+    per numba thread, at most 16); the result does not depend on the chunking. Memory beyond
+    the CSR is one int64 per row and chunk."""
     ids = np.ascontiguousarray(ids)
     sim = np.ascontiguousarray(sim, dtype=np.float32)
     tau32 = np.float32(tau)  # compared in float32, like numpy's `sim > tau` on float32 arrays
-    deg = np.zeros(n, dtype=np.int64)
-    _knn_degrees(ids, sim, tau32, deg)
-    return _assemble(n, deg, lambda fill, cols, vals: _knn_fill(ids, sim, tau32, fill, cols, vals))
+    chunks = max(1, min(chunks or min(numba.get_num_threads(), 16), n))
+    chunk_rows = -(-n // chunks)
+    own = np.zeros(n, dtype=np.int64)
+    cursors = np.zeros((chunks, n), dtype=np.int64)
+    _knn_counts(ids, sim, tau32, chunk_rows, own, cursors)
+    ptr = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(own + cursors.sum(axis=0) + 1, out=ptr[1:])
+    _knn_cursors(ptr, own, cursors)
+    del own
+    cols = np.empty(ptr[-1], dtype=np.int32)
+    vals = np.empty(ptr[-1], dtype=np.float32)
+    _knn_fill_parallel(ids, sim, tau32, chunk_rows, ptr, cursors, cols, vals)
+    del cursors
+    return _finish_csr(n, ptr, cols, vals)
 
 
 def _csr_from_pairs(rows: np.ndarray, cols: np.ndarray, vals: np.ndarray, n: int) -> sp.csr_matrix:

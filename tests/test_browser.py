@@ -179,6 +179,12 @@ def test_demo_flow_in_a_real_browser(app_server, browser_page, screenshot_on_fai
     assert match, "keep X% (prune Y%) label missing"
     keep_pct = float(match.group(1))
     page.get_by_text(f"keep {match.group(1)}% (prune").first.wait_for()
+    # Once the key presses have all been handled, the kept count's caption names the slider's
+    # value (a screenshot between two reruns showed 40% on the slider and 48% below it).
+    shown = slider.get_attribute("aria-valuetext")
+    page.wait_for_function(
+        "t => document.body.innerText.includes(t + ': ')", arg=shown, timeout=60_000)
+    wait_for_app_idle(page)
     shot(page, "select")
 
     # Download the selection CSV: one row per training example, the kept ones marked.

@@ -299,6 +299,31 @@ def test_symmetrisation_keeps_max_weight_unit_diagonal_int32():
     assert g[0, 1] == np.float32(0.97) and g[0, 2] == 0
 
 
+@pytest.mark.parametrize("chunks", [1, 2, 3, 7])
+def test_knn_csr_equals_dense_max_symmetrisation_at_any_chunking(chunks):
+    # Lists with repeats, -1 padding, self entries, mutual pairs and equal weights; the
+    # parallel counting/fill (chunks of rows) must give the dense reference at any chunking.
+    rng = np.random.default_rng(5)
+    n, k = 203, 9
+    ids = rng.integers(-1, n, size=(n, k))
+    ids[::7, 0] = np.arange(0, n, 7)  # self entries are dropped
+    ids[1::2, 1] = 3  # a hub: row 3 gets ~100 entries (the long-row sort path)
+    sim = rng.choice(np.float32([0.5, 0.91, 0.93, 0.97, 0.99]), size=(n, k)).astype(np.float32)
+    expect = np.zeros((n, n), dtype=np.float32)
+    for i in range(n):
+        for t in range(k):
+            j = ids[i, t]
+            if j >= 0 and j != i and sim[i, t] > np.float32(0.9):
+                expect[i, j] = max(expect[i, j], sim[i, t])
+                expect[j, i] = max(expect[j, i], sim[i, t])
+    np.fill_diagonal(expect, 1.0)
+    g = graph_mod._csr_from_knn(ids, sim, 0.9, n, chunks=chunks)
+    np.testing.assert_array_equal(g.toarray(), expect)
+    assert g.has_sorted_indices and all((np.diff(g.indices[g.indptr[i]:g.indptr[i + 1]]) > 0).all()
+                                        for i in range(n))
+    assert g.nnz == np.count_nonzero(expect)
+
+
 def test_range_graph_fp64_dots_equals_dense_threshold():
     z = clustered(n=300, seed=13)
     u = normalize_embeddings(z)
