@@ -1,6 +1,7 @@
 """Data: load a dataset, inject label noise, look at the images, classes and noise."""
 
 import hashlib
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -37,6 +38,29 @@ NOISE_KINDS = {"none": "none (labels as given)", "sym": "symmetric", "asym": "as
                "labels": "noisy-label file"}
 
 
+# Uploads this attempt wrote to the workspace: removed again when the attempt fails, so rejected
+# files do not pile up under uploads/ (a file an earlier run uses was not written now, so it stays).
+NEW_UPLOADS: list = []
+
+
+def store_upload(up) -> Path:
+    """Keep an uploaded file under the workspace (named by its content hash) and return its path."""
+    raw = up.getvalue()
+    path = s.root / "uploads" / (hashlib.sha256(raw).hexdigest()[:16] + ".npz")
+    if not path.exists():
+        from prune_core.runstore import atomic_write_bytes
+
+        atomic_write_bytes(path, raw)
+        NEW_UPLOADS.append(path)
+    UPLOAD_NAMES[str(path)] = up.name
+    return path
+
+
+def discard_new_uploads() -> None:
+    while NEW_UPLOADS:
+        NEW_UPLOADS.pop().unlink(missing_ok=True)
+
+
 def spec_from_inputs() -> tuple[str, bool]:
     """(data SPEC, download) from the form's widgets; InputError for missing fields."""
     src = st.session_state.get("data_source", "digits")
@@ -48,15 +72,7 @@ def spec_from_inputs() -> tuple[str, bool]:
             raise InputError("choose an .npz file to upload first")
         if not up.name.lower().endswith(".npz"):
             raise InputError(f"{up.name} is not an .npz file: upload a NumPy .npz archive with x_train and y_train")
-        raw = up.getvalue()
-        name = hashlib.sha256(raw).hexdigest()[:16] + ".npz"
-        path = s.root / "uploads" / name
-        if not path.exists():
-            from prune_core.runstore import atomic_write_bytes
-
-            atomic_write_bytes(path, raw)
-        UPLOAD_NAMES[str(path)] = up.name
-        return f"npz:{path}", False
+        return f"npz:{store_upload(up)}", False
     if src == "npz":
         p = (st.session_state.get("data_npz_path") or "").strip()
         if not p:
@@ -79,12 +95,17 @@ def spec_from_inputs() -> tuple[str, bool]:
     return f"imagefolder:{p}", False
 
 
-def users_words(message: str) -> str:
-    """A message about the data in the user's words: internal upload paths replaced by the
-    names of the files the user chose, and an upload's message led by that file's name."""
+def users_words(message: str, upload=None) -> str:
+    """A message about the data in the user's words: internal upload paths (and the bare stored
+    file names) replaced by the names of the files the user chose, and an upload's message led
+    by that file's name. upload: the uploaded file the attempt used (default: the dataset
+    form's, when its source is an upload)."""
     for path, name in UPLOAD_NAMES.items():
-        message = message.replace(f"npz:{path}", name).replace(path, name)
-    up = st.session_state.get("data_upload") if st.session_state.get("data_source") == "upload" else None
+        stored = path.rsplit("/", 1)[-1]
+        message = message.replace(f"npz:{path}", name).replace(path, name).replace(stored, name)
+    up = upload
+    if up is None and st.session_state.get("data_source") == "upload":
+        up = st.session_state.get("data_upload")
     if up is not None and up.name not in message:
         message = f"{up.name}: {message}"
     return message
@@ -153,8 +174,10 @@ with st.expander("New run from a dataset", expanded=not has_data):
                                                             f"with noise {noisy.spec}. Next: Warm-up.")
             st.rerun()
         except InputError as e:
+            discard_new_uploads()
             st.error(users_words(str(e)))
         except Exception as e:  # noqa: BLE001 - an unreadable upload, say: one line, the user's file named
+            discard_new_uploads()
             st.error(users_words(f"could not load the data: {type(e).__name__}: {e}"))
 
 with st.expander("New run from model outputs (probabilities and embeddings you already have; no warm-up)"):
@@ -184,13 +207,10 @@ with st.expander("New run from model outputs (probabilities and embeddings you a
                 up = st.session_state.get("outputs_upload")
                 if up is None:
                     raise InputError("choose an .npz file to upload first")
-                raw = up.getvalue()
-                path = s.root / "uploads" / (hashlib.sha256(raw).hexdigest()[:16] + ".npz")
-                if not path.exists():
-                    from prune_core.runstore import atomic_write_bytes
-
-                    atomic_write_bytes(path, raw)
-                outputs = read_model_outputs_npz(path)
+                if not up.name.lower().endswith(".npz"):
+                    raise InputError(f"{up.name} is not an .npz file: upload a NumPy .npz archive with "
+                                     "probs, embeddings and labels")
+                outputs = read_model_outputs_npz(store_upload(up))
             else:
                 field = {k: (st.session_state.get(f"outputs_{k}") or "").strip()
                          for k in ("probs", "embeddings", "labels", "labels_clean")}
@@ -214,7 +234,9 @@ with st.expander("New run from model outputs (probabilities and embeddings you a
                                                             f"({outputs.num_classes} classes). Next: Select.")
             st.rerun()
         except InputError as e:
-            st.error(str(e))
+            discard_new_uploads()
+            up = st.session_state.get("outputs_upload") if how == "upload" else None
+            st.error(users_words(str(e), up) if up is not None else str(e))
 
 # The note stays while its run is the current one: the page also reruns by itself (job polling).
 loaded = st.session_state.get("data_loaded_msg")

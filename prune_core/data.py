@@ -353,6 +353,8 @@ def _load_digits(spec: str, test_fraction: float, seed: int) -> Dataset:
 
 def _require_file(path: str) -> Path:
     p = Path(path).expanduser()
+    if p.is_dir():
+        raise InputError(f"{path} is a folder, not a file")
     if not p.is_file():
         raise InputError(f"no such file: {path}")
     return p

@@ -42,6 +42,8 @@ def _split_spec(spec: str, what: str) -> tuple[Path, str | None]:
         raise InputError(f"{what}: give a file ({ARRAY_FORMS})")
     path, sep, key = spec.strip().partition("#")
     p = Path(path).expanduser()
+    if p.is_dir():
+        raise InputError(f"{what}: {path} is a folder, not a file")
     if not p.is_file():
         raise InputError(f"{what}: no such file: {path}")
     return p, (key.strip() if sep else None)
@@ -192,6 +194,8 @@ def read_model_outputs(probs: str, embeddings: str, labels: str, labels_clean: s
 def read_model_outputs_npz(path) -> ModelOutputs:
     """Model outputs from one .npz file with arrays probs, embeddings, labels and optional labels_clean."""
     p, _ = _split_spec(str(path), "model outputs")
+    if not zipfile.is_zipfile(p):
+        raise InputError(f"model outputs: {p} is not a readable .npz file (not a zip archive)")
     try:
         with np.load(p, allow_pickle=False) as z:
             keys = set(z.files)
@@ -199,7 +203,7 @@ def read_model_outputs_npz(path) -> ModelOutputs:
         raise InputError(f"model outputs: {p} is not a readable .npz file ({type(e).__name__})") from None
     missing = [k for k in ("probs", "embeddings", "labels") if k not in keys]
     if missing:
-        raise InputError(f"model outputs: {p.name} lacks {', '.join(missing)}; it needs arrays probs, embeddings, "
+        raise InputError(f"model outputs: {p} lacks {', '.join(missing)}; it needs arrays probs, embeddings, "
                          f"labels (and optionally labels_clean); it has {', '.join(sorted(keys))}")
     return read_model_outputs(f"{p}#probs", f"{p}#embeddings", f"{p}#labels",
                               f"{p}#labels_clean" if "labels_clean" in keys else None)

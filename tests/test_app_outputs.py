@@ -105,6 +105,7 @@ def test_warmup_and_sweep_pages_say_what_they_need(ws):
 def test_data_page_makes_a_run_from_uploaded_outputs(ws, tmp_path):
     store, rid, _, (probs, emb, y, y_clean) = ws
     n_runs = len(store.list_runs())
+    uploads_before = set((store.root / "uploads").glob("*"))
     at = open_app(rid, "pages/data.py")
     bad = io.BytesIO()
     np.savez(bad, probs=probs, embeddings=emb[:10], labels=y)
@@ -112,6 +113,17 @@ def test_data_page_makes_a_run_from_uploaded_outputs(ws, tmp_path):
     at.button(key="outputs_load").click().run()
     assert len(at.error) == 1 and "embeddings have 10 rows but there are 400 examples" in at.error[0].value
     assert len(store.list_runs()) == n_runs
+    # Messages name the user's file, never the copy kept under the workspace; rejected copies go.
+    nokey = io.BytesIO()
+    np.savez(nokey, probs=probs, labels=y)
+    at.file_uploader(key="outputs_upload").set_value(("nokey.npz", nokey.getvalue(), "application/octet-stream")).run()
+    at.button(key="outputs_load").click().run()
+    assert len(at.error) == 1 and "nokey.npz lacks embeddings" in at.error[0].value, at.error[0].value
+    at.file_uploader(key="outputs_upload").set_value(("text.npz", b"not a zip", "application/octet-stream")).run()
+    at.button(key="outputs_load").click().run()
+    assert len(at.error) == 1 and "text.npz is not a readable .npz file (not a zip archive)" in at.error[0].value
+    assert "uploads" not in at.error[0].value, at.error[0].value
+    assert set((store.root / "uploads").glob("*")) == uploads_before, "rejected uploads were kept"
     good = io.BytesIO()
     np.savez(good, probs=probs, embeddings=emb, labels=y)
     at.file_uploader(key="outputs_upload").set_value(("good.npz", good.getvalue(), "application/octet-stream")).run()

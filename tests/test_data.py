@@ -172,6 +172,8 @@ def test_validate_dataset_checks_ranges_and_test_split():
 def test_missing_files_and_unknown_sources(tmp_path):
     with pytest.raises(InputError, match="no such file: .*nope.npz"):
         load_dataset(f"npz:{tmp_path / 'nope.npz'}")
+    with pytest.raises(InputError, match="is a folder, not a file"):
+        load_dataset(f"npz:{tmp_path}")
     with pytest.raises(InputError, match="no such folder"):
         load_dataset(f"imagefolder:{tmp_path / 'nope'}")
     with pytest.raises(InputError, match="unknown dataset source 'cifar'.*npz:PATH"):

@@ -131,6 +131,7 @@ def test_select_bad_inputs_exit_2_with_one_line(tmp_path, digits_outputs, capsys
         "unknown columns": ((f"{pq}#score_*", e, lab), "out.parquet has no column matching 'score_*'"),
         "unknown npz key": ((f"{tmp_path / 'out.npz'}#nope", e, lab), "has no array 'nope'"),
         "missing file": ((str(tmp_path / "none.npy"), e, lab), "no such file"),
+        "a folder": ((str(tmp_path), e, lab), "is a folder, not a file"),
     }
     for name, ((pp, ee, yy), expected) in cases.items():
         err = one_line_error(capsys, select_args(pp, ee, yy, None, tmp_path / "bad"))
