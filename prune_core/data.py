@@ -373,7 +373,7 @@ def _load_npz(spec: str, path: str, test_fraction: float, seed: int) -> Dataset:
             arrays = {k: z[k] for k in ("x_train", "y_train", "y_train_clean", "x_test", "y_test", "class_names") if k in keys}
     except InputError:
         raise
-    except ValueError as e:  # object arrays need pickle, which we refuse
+    except ValueError:  # object arrays need pickle, which we refuse
         raise InputError(f"{path}: holds pickled Python objects, which are refused; store plain numeric/str arrays") from None
     except Exception as e:  # not a zip / corrupt file
         raise InputError(f"{path}: not a readable .npz file ({type(e).__name__}: {e})") from None
