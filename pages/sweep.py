@@ -10,6 +10,7 @@ from prune_core import artifacts as A
 from prune_core import jobs as J
 from prune_core.errors import InputError
 from prune_core.selection import budget_for, list_methods
+from prune_core.validation import parse_number_list
 
 ui.ensure_app_frame(__file__)
 
@@ -39,18 +40,6 @@ methods = list_methods()
 learners = ["none", *list_learners()]
 
 
-def parse_list(text: str, kind, what: str) -> list:
-    out = []
-    for tok in text.replace(",", " ").split():
-        try:
-            out.append(kind(tok))
-        except ValueError:
-            raise InputError(f"{what}: '{tok}' is not a number") from None
-    if not out:
-        raise InputError(f"{what}: give at least one value")
-    return out
-
-
 c1, c2 = st.columns([3, 2])
 default_methods = [m for m in ("prune4rel", "uniform", "small_loss") if m in methods] or methods[:2]
 chosen = c1.multiselect("Methods", methods, default=default_methods, key="sweep_methods")
@@ -71,12 +60,12 @@ if start:
     try:
         if not chosen:
             raise InputError("choose at least one method")
-        ratios = parse_list(ratios_text, float, "keep ratios")
+        ratios = parse_number_list(ratios_text, float, "keep ratios")
         for r in ratios:
             budget = budget_for(r, d.ds.n_train)
             if budget < 1:
                 raise InputError(f"keep ratio {r} leaves no example")
-        seeds = parse_list(seeds_text, int, "seeds")
+        seeds = parse_number_list(seeds_text, int, "seeds")
         sweep_module.check_sweep_inputs(chosen, ratios, seeds, learner, int(epochs) or None, lin)
         from prune_core.graph import parse_tau
 

@@ -46,13 +46,12 @@ def _number_list(cast):
     """argparse type: a non-empty comma-separated list of `cast` values."""
 
     def parse(text: str) -> list:
+        from .validation import parse_number_list
+
         try:
-            values = [cast(v) for v in text.split(",") if v.strip()]
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected comma-separated {cast.__name__}s, got {text!r}") from None
-        if not values:
-            raise argparse.ArgumentTypeError("the list is empty")
-        return values
+            return parse_number_list(text, cast, f"comma-separated {cast.__name__}s")
+        except InputError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
 
     return parse
 

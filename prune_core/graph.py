@@ -452,7 +452,7 @@ def build_graph_with_knn(
     )
     if info.edges == 0 and not allow_empty:
         raise InputError(
-            f"tau={tau_value:.4f} leaves no example any neighbour "
+            f"tau={tau_value:.10g} leaves no example any neighbour "
             f"(similarity 0.5+0.5cos must exceed tau); lower tau or use tau=auto"
         )
     return graph, info, ids, cos

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import csv
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -402,3 +403,26 @@ def check_k(k, n: int, what: str = "k") -> None:
         raise InputError(f"{what} must be a positive integer, got {k}")
     if k >= n:
         raise InputError(f"{what}={k} is larger than N-1={n - 1} (N={n} examples)")
+
+
+def parse_number_list(text: str, cast, what: str) -> list:
+    """A list of numbers separated by commas or spaces, e.g. keep ratios "0.2, 0.4" or seeds "0 1 2".
+
+    cast: int or float. An empty item ("0,,1", a trailing comma) or a value `cast` cannot
+    read is refused rather than skipped, so a list is never read as something other than
+    what was typed. Raises InputError (one line, naming `what`).
+    """
+    if not str(text).strip():
+        raise InputError(f"{what}: give at least one value")
+    items = re.split(r"\s*,\s*|\s+", str(text).strip())
+    out = []
+    for item in items:
+        tok = item.strip()
+        if not tok:
+            raise InputError(f"{what}: empty item in '{text}' (separate values with single commas)")
+        try:
+            out.append(cast(tok))
+        except ValueError:
+            kind = "a whole number" if cast is int else "a number"
+            raise InputError(f"{what}: '{tok}' is not {kind}") from None
+    return out

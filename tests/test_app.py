@@ -323,6 +323,11 @@ def test_sweep_bad_ratio_then_a_small_sweep(ws):
     at.text_input(key="sweep_ratios").input("0, 0.5").run()
     at.button(key="sweep_start").click().run()
     assert len(at.error) == 1 and "keep ratio" in at.error[0].value
+    at.text_input(key="sweep_ratios").input("0.3 0.6").run()  # spaces separate values too
+    at.text_input(key="sweep_seeds").input("0,,1").run()
+    at.button(key="sweep_start").click().run()
+    assert len(at.error) == 1 and "seeds: empty item in '0,,1'" in at.error[0].value, [e.value for e in at.error]
+    at.text_input(key="sweep_seeds").input("0").run()
     at.multiselect(key="sweep_methods").set_value(["uniform", "prune4rel"]).run()
     at.text_input(key="sweep_ratios").input("0.3, 0.6").run()
     at.selectbox(key="sweep_learner").set_value("none").run()

@@ -106,7 +106,7 @@ def test_pca_reduction_runs_and_keeps_shape():
         (dict(k=0), "positive integer"),
         (dict(tau=1.5), "tau must be in"),
         (dict(tau="high"), "tau must be a number"),
-        (dict(tau=0.99999), "leaves no example any neighbour"),
+        (dict(tau=0.99999), "tau=0.99999 leaves no example any neighbour"),
         (dict(search="magic"), "unknown graph search"),
     ],
 )

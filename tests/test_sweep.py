@@ -95,6 +95,8 @@ BAD = {
     "bad ratio text": (["--ratios", "0.2,abc"], "--ratios"),
     "empty seeds": (["--seeds", ","], "empty"),
     "negative seed": (["--seeds", "0,-1"], "seeds"),
+    "doubled comma in seeds": (["--seeds", "0,,1"], "empty item in '0,,1'"),
+    "trailing comma in ratios": (["--ratios", "0.2,"], "empty item"),
     "zero learner epochs": (["--learner-epochs", "0"], "epochs"),
     "unknown learner input": (["--learner-input", "pixels"], "learner input"),
     "unknown noise": (["--noise", "loud:0.3"], "noise"),

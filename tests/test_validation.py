@@ -399,3 +399,18 @@ def test_cli_refuses_abbreviated_flags_and_bad_options_in_one_line(args, message
     assert r.returncode == 2, r.stderr
     lines = [line for line in r.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith(message), r.stderr
+
+
+@pytest.mark.parametrize("text, cast, expected", [
+    ("0.2, 0.4", float, [0.2, 0.4]), ("0 1 2", int, [0, 1, 2]), (" 0 , 1 ", int, [0, 1]),
+    ("0,,1", int, "empty item in '0,,1'"), ("0.2,", float, "empty item"), ("  ", float, "at least one"),
+    ("1.5", int, "'1.5' is not a whole number"), ("0.2,abc", float, "'abc' is not a number"),
+])
+def test_number_lists_are_read_as_typed_or_refused(text, cast, expected):
+    from prune_core.validation import parse_number_list
+
+    if isinstance(expected, list):
+        assert parse_number_list(text, cast, "values") == expected
+    else:
+        with pytest.raises(InputError, match=expected):
+            parse_number_list(text, cast, "values")
