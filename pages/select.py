@@ -92,36 +92,42 @@ if extra:
 try:
     plan = J.plan_selection(method, params, keep_ratio, None, tau, int(seed), n)
 except InputError as e:
+    # The message, and below it the last computed selection: a typo must not look like lost results.
     st.error(str(e))
-    st.stop()
+    plan = None
 
-stored = S.selection(run_id, plan["key"])
-job = S.manager().find(run_id, "select", key=plan["key"], active_only=True)
+stored = None
+if plan is not None:
+    stored = S.selection(run_id, plan["key"])
+    job = S.manager().find(run_id, "select", key=plan["key"], active_only=True)
 
-if stored is None and job is None:
-    same_params = [x for x in A.list_selections(s, run_id)
-                   if x["method"] == method and x.get("plan_params") == plan["params"] and x["seed"] == int(seed)
-                   and x["graph"] == plan["graph"]]
-    if not plan["nested"] and same_params:
-        # A non-nested method at a new keep ratio: re-run it right away.
-        ui.submit(run_id, "select", J.task_select, {"method": method, "params": plan["params"],
-                                                    "keep_ratio": keep_ratio, "tau": plan["tau"], "seed": int(seed)},
-                  key=plan["key"])  # no rerun needed: the job panel below polls it
-    label = "Rank all examples" if plan["nested"] else f"Run selection at {ui.keep_label(keep_pct)}"
-    # Submitted in the script run of the click, with the values committed with it (a seed typed
-    # just before the click counts; a callback would submit the plan of the run before).
-    if st.button("Run selection", key="select_run", type="primary", help=label):
-        ui.submit(run_id, "select", J.task_select, {"method": method, "params": plan["params"],
-                                                    "keep_ratio": keep_ratio, "tau": plan["tau"], "seed": int(seed)},
-                  key=plan["key"])  # no rerun needed: the job panel below polls it
-    st.caption(("Nested method: ranks all examples once; afterwards the slider re-slices instantly."
-                if plan["nested"] else "Not nested: each keep ratio is computed on its own."))
+    if stored is None and job is None:
+        same_params = [x for x in A.list_selections(s, run_id)
+                       if x["method"] == method and x.get("plan_params") == plan["params"] and x["seed"] == int(seed)
+                       and x["graph"] == plan["graph"]]
+        if not plan["nested"] and same_params:
+            # A non-nested method at a new keep ratio: re-run it right away.
+            ui.submit(run_id, "select", J.task_select, {"method": method, "params": plan["params"],
+                                                        "keep_ratio": keep_ratio, "tau": plan["tau"], "seed": int(seed)},
+                      key=plan["key"])  # no rerun needed: the job panel below polls it
+        label = "Rank all examples" if plan["nested"] else f"Run selection at {ui.keep_label(keep_pct)}"
+        # Submitted in the script run of the click, with the values committed with it (a seed typed
+        # just before the click counts; a callback would submit the plan of the run before).
+        if st.button("Run selection", key="select_run", type="primary", help=label):
+            ui.submit(run_id, "select", J.task_select, {"method": method, "params": plan["params"],
+                                                        "keep_ratio": keep_ratio, "tau": plan["tau"], "seed": int(seed)},
+                      key=plan["key"])  # no rerun needed: the job panel below polls it
+        st.caption(("Nested method: ranks all examples once; afterwards the slider re-slices instantly."
+                    if plan["nested"] else "Not nested: each keep ratio is computed on its own."))
 
-ui.show_jobs(run_id, kinds=("select", "demo"), key="select_jobs",
-             failed_filter=lambda j: j["kind"] == "demo" or j["key"] == plan["key"])
+    ui.show_jobs(run_id, kinds=("select", "demo"), key="select_jobs",
+                 failed_filter=lambda j: j["kind"] == "demo" or j["key"] == plan["key"])
+else:
+    ui.show_jobs(run_id, kinds=("select", "demo"), key="select_jobs", failed_filter=lambda j: j["kind"] == "demo")
 
 # ---- results: this plan's selection, else the last one shown
-shown_key = plan["key"] if stored is not None else (cur["key"] if cur and S.selection(run_id, cur["key"]) else None)
+plan_key = plan["key"] if plan is not None else None
+shown_key = plan_key if stored is not None else (cur["key"] if cur and S.selection(run_id, cur["key"]) else None)
 if shown_key is None:
     st.stop()
 shown_ratio = keep_ratio
@@ -129,9 +135,9 @@ got = S.selection(run_id, shown_key)
 full, sinfo = got
 if not full.nested:
     shown_ratio = full.keep_ratio
-if shown_key != plan["key"]:
+if shown_key != plan_key:
     st.info(f"Showing the last computed selection ({sinfo['method']}, {ui.keep_label(100 * shown_ratio)}) "
-            "until you run the one set above.")
+            + ("until you run the one set above." if plan is not None else "until the settings above are valid."))
 else:
     S.set_current_selection(run_id, shown_key, shown_ratio)
 
@@ -158,7 +164,9 @@ cols[0].metric("Kept examples", f"{sel.budget:,}",
                help=f"of {n:,} training examples: {ui.keep_label(round(100 * shown_ratio, 2))}")
 nr_sub, nr_all = met.get("noise_rate_subset"), met.get("noise_rate_data")
 cols[1].metric("Wrong labels kept", "unknown" if nr_sub is None else f"{100 * nr_sub:.1f}%",
-               delta=None if nr_sub is None else f"{100 * (nr_sub - nr_all):+.1f} pts vs data", delta_color="inverse",
+               # the difference of the two shown (rounded) percentages, so the user's subtraction agrees
+               delta=None if nr_sub is None else f"{round(100 * nr_sub, 1) - round(100 * nr_all, 1):+.1f} pts vs data",
+               delta_color="inverse",
                help="share of kept examples whose given label is wrong (ground truth); delta: vs the whole "
                     "training set. Prune4ReL does not filter noise: it keeps what a re-labeling learner can fix.")
 cols[2].metric("Objective F(S)", "n/a" if met.get("objective_F") is None else f"{met['objective_F']:.1f}",

@@ -151,6 +151,9 @@ def test_select_bad_tau_shows_one_error_and_keeps_results(ws):
     at = open_app(rid, "pages/select.py")
     at.text_input(key="select_tau").input("abc").run()
     assert len(at.error) == 1 and "tau must be a number" in at.error[0].value
+    # The last computed selection stays on screen below the message, said to be the last one.
+    assert metric(at, "Kept examples") is not None
+    assert any("until the settings above are valid" in i.value for i in at.info), [i.value for i in at.info]
     at.text_input(key="select_tau").input("0.9999").run()
     assert not at.error
     n_jobs = len(store.list_jobs(run_id=rid, kind="select"))
