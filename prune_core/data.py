@@ -98,7 +98,7 @@ class Dataset:
         return 0 if self.y_test is None else int(len(self.y_test))
 
     def summary(self) -> dict:
-        """A JSON-able description: name, kind, sizes, shapes, classes and class counts."""
+        """A JSON-able description of the loaded source: name, kind, sizes, shapes, classes, class counts."""
         counts = np.bincount(self.y_train, minlength=self.num_classes)
         differs = None
         if self.y_train_clean is not None:
@@ -115,8 +115,10 @@ class Dataset:
             "class_names": [str(c) for c in self.class_names],
             "label_values": None if self.label_values is None else [int(v) for v in self.label_values],
             "class_counts": [int(c) for c in counts],
-            "has_clean": self.y_train_clean is not None,
-            "n_given_differs_from_clean": differs,
+            # About the SOURCE: whether it came with clean labels of its own (injected noise
+            # keeps its clean labels in the noise record, not here).
+            "source_has_clean_labels": self.y_train_clean is not None,
+            "source_labels_differing_from_clean": differs,
         }
 
 

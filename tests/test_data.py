@@ -39,7 +39,7 @@ def test_digits_fixed_split_uint8_images():
     summary = ds.summary()
     json.dumps(summary)
     assert summary["n_train"] == 1437 and sum(summary["class_counts"]) == 1437
-    assert summary["has_clean"] is False
+    assert summary["source_has_clean_labels"] is False
     # Same data, same fingerprint: the split is fixed.
     fp = dataset_fingerprint(ds)
     assert len(fp) == 16 and int(fp, 16) >= 0
@@ -86,7 +86,7 @@ def test_npz_with_test_split_clean_labels_and_class_names(tmp_path):
     np.testing.assert_array_equal(ds.y_train_clean, y_clean)
     assert ds.name == spec
     s = ds.summary()
-    assert s["has_clean"] and s["n_given_differs_from_clean"] == 1 and s["class_counts"] == [3, 5, 4, 0]
+    assert s["source_has_clean_labels"] and s["source_labels_differing_from_clean"] == 1 and s["class_counts"] == [3, 5, 4, 0]
 
 
 def test_npz_holdout_splits_clean_labels_with_the_rows(tmp_path):
