@@ -61,7 +61,10 @@ def class_name(d, c: int) -> str:
 def class_axis(fig, d, axis: str = "x") -> None:
     """Label every class on a class axis (by name when the data has names); values are 0..C-1."""
     names = [class_name(d, c) for c in range(d.ds.num_classes)]
-    ticks = [n if n == str(c) else f"{c}: {n}" for c, n in enumerate(names)]
+    # "id: name" on every tick as soon as one name differs from its id (labels 0, 10, ..., 90
+    # read "0: 0, 1: 10, ..."; without the prefix on the first, "0" and "1: 10" looked unlike)
+    plain = all(n == str(c) for c, n in enumerate(names))
+    ticks = names if plain else [f"{c}: {n}" for c, n in enumerate(names)]
     update = fig.update_xaxes if axis == "x" else fig.update_yaxes
     update(tickmode="array", tickvals=list(range(len(ticks))), ticktext=ticks)
 

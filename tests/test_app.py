@@ -204,6 +204,23 @@ def test_explore_colour_and_gallery(ws):
     assert len(at.error) == 1 and "out of range" in at.error[0].value
 
 
+def test_class_axis_prefixes_every_tick_once_a_name_differs():
+    from types import SimpleNamespace
+
+    import plotly.graph_objects as go
+
+    from pages._figures import class_axis
+
+    def ticks(names):
+        fig = go.Figure()
+        class_axis(fig, SimpleNamespace(ds=SimpleNamespace(class_names=names, num_classes=len(names))))
+        return list(fig.layout.xaxis.ticktext)
+
+    assert ticks(["0", "1", "2"]) == ["0", "1", "2"]
+    assert ticks(["0", "10", "20"]) == ["0: 0", "1: 10", "2: 20"]  # gapped label values
+    assert ticks(["cat", "dog"]) == ["0: cat", "1: dog"]
+
+
 def test_gallery_indices_come_from_customdata():
     from pages._figures import selected_indices
 
