@@ -130,3 +130,17 @@ def test_help_and_select_from_given_outputs_do_not_import_torch(tmp_path):
     import torch
 
     assert manifest["versions"]["torch"] == torch.__version__  # read without importing it, label included
+
+
+def test_numba_cache_defaults_to_the_warmed_folder_without_setup_sh():
+    """`python -m prune_core ...` without `source scripts/setup.sh` must use the cache that
+    setup.sh warms (.numba_cache), not numba's default next to the sources (a cold compile)."""
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"}
+    code = "import prune_core, numba, os; print(numba.config.CACHE_DIR); print(os.environ['NUMBA_CACHE_DIR'])"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == [str(ROOT / ".numba_cache")] * 2
+    # A folder the user chose stays theirs.
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env={**env, "NUMBA_CACHE_DIR": "/tmp/mine"},
+                         capture_output=True, text=True, timeout=120)
+    assert out.stdout.split() == ["/tmp/mine"] * 2
