@@ -40,20 +40,47 @@ methods = list_methods()
 learners = ["none", *list_learners()]
 
 
+def prefill_from(sweep: dict) -> None:
+    """Start a fresh form (a reload, a return to the page) from the newest sweep of the run:
+    the defaults above the results of a different sweep read as if they had made them."""
+    if "sweep_methods" in st.session_state:  # the form is live: the user's values stay
+        return
+    values = {"sweep_methods": [m for m in sweep.get("methods", []) if m in methods] or None,
+              "sweep_ratios": ", ".join(f"{r:g}" for r in sweep.get("ratios", [])) or None,
+              "sweep_seeds": ", ".join(str(x) for x in sweep.get("seeds", [])) or None,
+              "sweep_learner": sweep.get("learner") if sweep.get("learner") in learners else None,
+              "sweep_learner_epochs": int(sweep.get("learner_epochs") or 0),
+              "sweep_learner_input": sweep.get("learner_input") if sweep.get("learner_input") in LEARNER_INPUTS else None,
+              "sweep_tau": str(sweep.get("tau") or "auto")}
+    for k, v in values.items():
+        if v is not None:
+            st.session_state[k] = v
+
+
+earlier = A.list_sweeps(s, run_id)
+if earlier:
+    prefill_from(earlier[0])
+
 c1, c2 = st.columns([3, 2])
 default_methods = [m for m in ("prune4rel", "uniform", "small_loss") if m in methods] or methods[:2]
-chosen = c1.multiselect("Methods", methods, default=default_methods, key="sweep_methods")
-ratios_text = c2.text_input("Keep ratios", value="0.2, 0.4, 0.6, 0.8", key="sweep_ratios",
+# Defaults live in the session state (the form may have been filled from the newest sweep):
+# the widgets take no default of their own, so Streamlit never sees two competing values.
+for wkey, default in (("sweep_methods", default_methods), ("sweep_ratios", "0.2, 0.4, 0.6, 0.8"),
+                      ("sweep_seeds", "0"), ("sweep_learner", "ce" if "ce" in learners else learners[0]),
+                      ("sweep_learner_epochs", 0), ("sweep_learner_input", LEARNER_INPUTS[0]), ("sweep_tau", "auto")):
+    st.session_state.setdefault(wkey, default)
+chosen = c1.multiselect("Methods", methods, key="sweep_methods")
+ratios_text = c2.text_input("Keep ratios", key="sweep_ratios",
                             help="fractions of the training set kept, each in (0, 1]")
 c1, c2, c3, c4, c5 = st.columns(5)
-seeds_text = c1.text_input("Seeds", value="0", key="sweep_seeds")
-learner = c2.selectbox("Learner", learners, index=learners.index("ce") if "ce" in learners else 0, key="sweep_learner")
-epochs = c3.number_input("Learner epochs (0 = default)", min_value=0, value=0, step=1, key="sweep_learner_epochs")
+seeds_text = c1.text_input("Seeds", key="sweep_seeds")
+learner = c2.selectbox("Learner", learners, key="sweep_learner")
+epochs = c3.number_input("Learner epochs (0 = default)", min_value=0, step=1, key="sweep_learner_epochs")
 lin = c4.selectbox("Learner input", LEARNER_INPUTS, key="sweep_learner_input",
                    help="from-scratch: a fresh network trained on the kept examples only (the paper's protocol). "
                         "frozen-features: a head on the warm-up embeddings, which were trained on ALL examples, "
                         "pruned ones included (fast, but it hides differences between subsets)")
-tau = c5.text_input("tau (number or auto)", value="auto", key="sweep_tau")
+tau = c5.text_input("tau (number or auto)", key="sweep_tau")
 
 start = st.button("Start sweep", key="sweep_start", type="primary")
 if start:
@@ -108,6 +135,10 @@ def draw(rows: list, key: str):
 
 
 def live(job):
+    p = job.get("params") or {}
+    if p.get("methods"):  # which sweep the live curves and warnings below belong to
+        st.caption(f"Running: {', '.join(p['methods'])} · ratios {', '.join(f'{float(r):g}' for r in p.get('ratios', []))}"
+                   f" · seeds {', '.join(map(str, p.get('seeds', [])))} · {p.get('learner', '')}")
     draw(job.get("metrics") or [], key=f"sweep_live_{job['id']}")
 
 

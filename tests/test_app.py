@@ -359,6 +359,12 @@ def test_sweep_bad_ratio_then_a_small_sweep(ws):
     table = at.dataframe[0].value
     assert len(table) == 4 and set(table["method"]) == {"uniform", "prune4rel"}
     assert at.get("download_button")[0].label == "Download sweep CSV"
+    # A fresh session (a reload) starts its form from that sweep, not from the defaults.
+    fresh = open_app(rid, "pages/sweep.py")
+    assert not fresh.exception and not fresh.warning, [w.value for w in fresh.warning]
+    assert fresh.multiselect(key="sweep_methods").value == ["uniform", "prune4rel"]
+    assert fresh.text_input(key="sweep_ratios").value == "0.3, 0.6"
+    assert fresh.selectbox(key="sweep_learner").value == "none" and fresh.text_input(key="sweep_seeds").value == "0"
 
 
 def test_demo_button_starts_a_job_that_can_be_cancelled(ws):
