@@ -30,6 +30,22 @@ class OneLineParser(argparse.ArgumentParser):
     def error(self, message):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
 
+    def parse_known_args(self, args=None, namespace=None):
+        # An unknown flag is named first (argparse would report the required flags it hides:
+        # `--keep 0.5` read "the following arguments are required: --keep-ratio").
+        if args is not None and not any(isinstance(a, argparse._SubParsersAction) for a in self._actions):
+            known = [o for o in self._option_string_actions if o.startswith("--")]
+            for token in args:
+                if token == "--":
+                    break
+                name = token.split("=", 1)[0]
+                if token.startswith("--") and name not in self._option_string_actions:
+                    import difflib
+
+                    close = [o for o in known if o.startswith(name)] or difflib.get_close_matches(name, known, n=1)
+                    self.error(f"unrecognized argument {name}" + (f" (did you mean {close[0]}?)" if close else ""))
+        return super().parse_known_args(args, namespace)
+
 
 def _tau(text: str):
     """argparse type: 'auto' or a number in [0, 1) (checked by the graph's own tau parser)."""

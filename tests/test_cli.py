@@ -74,12 +74,13 @@ def bad_inputs(tmp_path):
                             "--warmup-epochs", "1"], "larger than"),
         "tau without neighbours": (["--tau", "0.99999", "--warmup-epochs", "1"], "neighbour"),
         "unknown mode": (["--mode", "fast", "--warmup-epochs", "1"], "mode"),
+        "unknown flag": (["--keep", "0.5"], "unrecognized argument --keep (did you mean --keep-ratio?)"),
     }
 
 
 CASES = ["missing file", "wrong shapes", "labels out of range", "NaN features", "one class", "ratio zero",
          "ratio above one", "unknown method", "unknown noise", "k larger than N", "tau without neighbours",
-         "unknown mode"]
+         "unknown mode", "unknown flag"]
 
 
 @pytest.mark.parametrize("case", CASES)
