@@ -389,8 +389,10 @@ def _cli(*args):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["sweep", "--seed", "0", "--out", "x"], "python -m prune_core: error: unrecognized arguments: --seed 0"),
-    (["run", "--keep", "0.5", "--out", "x"], "python -m prune_core run: error:"),
+    (["sweep", "--seed", "0", "--out", "x"],
+     "python -m prune_core sweep: error: unrecognized argument --seed (did you mean --seeds?)"),
+    (["run", "--keep", "0.5", "--out", "x"],
+     "python -m prune_core run: error: unrecognized argument --keep (did you mean --keep-ratio?)"),
     (["sweep", "--search", "kd", "--learner", "none", "--out", "x"], "error: unknown graph search 'kd'"),
     (["sweep", "--learner", "sopp", "--out", "x"], "error: unknown learner 'sopp'"),
 ])
