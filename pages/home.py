@@ -119,7 +119,9 @@ def runs_snapshot() -> tuple:
 shown_runs = runs_snapshot()
 
 
-@st.fragment(run_every=2.0 if m.active() else None)
+# Not while a deletion is being confirmed: nothing needs refreshing mid-dialogue, and a click that
+# meets a polling rerun may be lost (the likely cause of a confirm that did nothing in CI runs).
+@st.fragment(run_every=2.0 if m.active() and "home_delete_asked" not in st.session_state else None)
 def refresh_runs():
     if runs_snapshot() != shown_runs:
         st.rerun()

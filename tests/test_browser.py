@@ -358,6 +358,15 @@ def test_delete_asks_first_naming_the_run(app_server, browser_page, screenshot_o
     store = RunStore(workspace)
     demo = demo_run_id(store)
     doomed = next(r for r in store.list_runs() if r["name"] == "newest run, no data")
+    # The earlier tests' jobs end first (the rapid-selection test can leave superseded selections
+    # running): this test is about the dialogue. Two full-suite CI runs lost the confirming click,
+    # most likely to the page's polling of such jobs (Home now pauses it while it asks).
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        with sqlite3.connect(workspace / "index.sqlite") as con:
+            if not con.execute("SELECT COUNT(*) FROM jobs WHERE state IN ('queued', 'running')").fetchone()[0]:
+                break
+        time.sleep(0.5)
     page.goto(f"{url}/?run={demo}")
     page.locator("h1").first.wait_for()
     wait_for_app_idle(page)
