@@ -120,13 +120,11 @@ if plan is not None:
         st.caption(("Nested method: ranks all examples once; afterwards the slider re-slices instantly."
                     if plan["nested"] else "Not nested: each keep ratio is computed on its own."))
 
-    ui.show_jobs(run_id, kinds=("select", "demo"), key="select_jobs",
-                 failed_filter=lambda j: j["kind"] == "demo" or j["key"] == plan["key"])
-else:
-    ui.show_jobs(run_id, kinds=("select", "demo"), key="select_jobs", failed_filter=lambda j: j["kind"] == "demo")
+plan_key = plan["key"] if plan is not None else None
+ui.show_jobs(run_id, kinds=("select", "demo"), key="select_jobs",
+             failed_filter=lambda j: j["kind"] == "demo" or j["key"] == plan_key)
 
 # ---- results: this plan's selection, else the last one shown
-plan_key = plan["key"] if plan is not None else None
 shown_key = plan_key if stored is not None else (cur["key"] if cur and S.selection(run_id, cur["key"]) else None)
 if shown_key is None:
     st.stop()

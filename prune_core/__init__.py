@@ -23,13 +23,9 @@ _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # numba keeps compiled kernels under NUMBA_CACHE_DIR, else next to the sources, where the cache
 # that scripts/setup.sh fills (.numba_cache) is not looked for: a CLI run without
 # `source scripts/setup.sh` compiled for 17 s first. A default only, set before numba loads.
-if not _os.environ.get("NUMBA_CACHE_DIR"):
-    _os.environ["NUMBA_CACHE_DIR"] = _os.path.join(
-        _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__))), ".numba_cache")
-    import sys as _sys
+from .projection import default_numba_cache_dir as _default_numba_cache_dir  # noqa: E402
 
-    if "numba" in _sys.modules:  # imported before us: its config has read the environment already
-        _sys.modules["numba"].config.CACHE_DIR = _os.environ["NUMBA_CACHE_DIR"]
+_default_numba_cache_dir()
 
 from .data import Dataset, load_dataset  # noqa: E402
 from .errors import Cancelled, InputError  # noqa: E402

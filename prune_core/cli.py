@@ -6,6 +6,7 @@ User errors end with exit code 2 and one line on stderr, never a traceback.
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import sys
 import time
@@ -40,8 +41,6 @@ class OneLineParser(argparse.ArgumentParser):
                     break
                 name = token.split("=", 1)[0]
                 if token.startswith("--") and name not in self._option_string_actions:
-                    import difflib
-
                     close = [o for o in known if o.startswith(name)] or difflib.get_close_matches(name, known, n=1)
                     self.error(f"unrecognized argument {name}" + (f" (did you mean {close[0]}?)" if close else ""))
         return super().parse_known_args(args, namespace)

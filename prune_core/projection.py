@@ -16,6 +16,7 @@ inside UMAP falls back to the PCA map (``info["method"]`` says which).
 from __future__ import annotations
 
 import os
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -37,6 +38,9 @@ def default_numba_cache_dir() -> str:
     """
     if not os.environ.get("NUMBA_CACHE_DIR"):
         os.environ["NUMBA_CACHE_DIR"] = str(Path(__file__).resolve().parent.parent / ".numba_cache")
+        numba = sys.modules.get("numba")
+        if numba is not None:  # imported before us: its config has read the environment already
+            numba.config.CACHE_DIR = os.environ["NUMBA_CACHE_DIR"]
     path = os.environ["NUMBA_CACHE_DIR"]
     try:
         os.makedirs(path, exist_ok=True)

@@ -416,13 +416,12 @@ def parse_number_list(text: str, cast, what: str) -> list:
         raise InputError(f"{what}: give at least one value")
     items = re.split(r"\s*,\s*|\s+", str(text).strip())
     out = []
-    for item in items:
-        tok = item.strip()
-        if not tok:
+    for item in items:  # stripped by the split; empty only between two commas or after a last one
+        if not item:
             raise InputError(f"{what}: empty item in '{text}' (separate values with single commas)")
         try:
-            out.append(cast(tok))
+            out.append(cast(item))
         except ValueError:
             kind = "a whole number" if cast is int else "a number"
-            raise InputError(f"{what}: '{tok}' is not {kind}") from None
+            raise InputError(f"{what}: '{item}' is not {kind}") from None
     return out
