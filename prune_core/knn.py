@@ -358,7 +358,9 @@ def _cell_space(z: np.ndarray, dim: int, seed: int) -> np.ndarray:
     if d <= dim:
         return z
     rng = np.random.default_rng(seed)
-    sample = z[np.sort(rng.choice(n, min(n, 8192), replace=False))].astype(np.float64)
+    # 4096 rows in float32 find 32 axes good enough to cluster by (the cells only decide
+    # which pairs are compared); 8192 rows in float64 cost 0.04 s of a 0.6 s graph at 50k.
+    sample = z[np.sort(rng.choice(n, min(n, 4096), replace=False))].astype(np.float32)
     sample -= sample.mean(axis=0)
     basis = _top_axes(sample, dim, seed)
     y = np.empty((n, dim), dtype=np.float32)
