@@ -172,3 +172,126 @@ def test_unknown_method_and_bad_arrays():
         pc.select("prune4rel", keep_ratio=0.5, probs=probs, labels=labels[:10], graph=g)
     with pytest.raises(pc.InputError, match="out of range"):
         pc.select("prune4rel", keep_ratio=0.5, probs=probs, labels=labels + 10, graph=g, balance="equal")
+
+
+# --- selection by connected component (exact mode's default without class balance) ------
+
+
+def clustered_components(seed, n_groups=12, per=40, d=6, tau=0.95):
+    """A graph of many components: tight groups far apart, plus isolated points."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(n_groups, d)) * 10
+    z = np.concatenate([centres[g] + 0.6 * rng.normal(size=(int(rng.integers(1, per)), d))
+                        for g in range(n_groups)])
+    z = np.concatenate([z, rng.normal(size=(15, d)) * 30])  # mostly isolated
+    probs = rng.dirichlet(np.ones(4) * 0.5, size=len(z))
+    return pc.build_graph(z, k=None, tau=tau, allow_empty=True), pc.confidence(probs)
+
+
+def assert_components_equal_one_heap(g, conf, budget, eta, mode) -> dict:
+    """Selection by component gives one heap's picks, gains, scores and cover bit for bit."""
+    st = {}
+    one = greedy_neighbourhood_confidence(g, conf, budget, eta, mode, components=False)
+    many = greedy_neighbourhood_confidence(g, conf, budget, eta, mode, components=True, stats=st)
+    for a, b in zip(one, many):
+        np.testing.assert_array_equal(a, b)
+    assert st["picks_computed"] >= budget
+    return st
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("mode", ["exact", "official"])
+def test_selection_by_component_equals_one_heap(seed, mode):
+    g, conf = clustered_components(seed)
+    n = len(conf)
+    for budget in (1, n // 10, n // 2, n - 1, n):
+        for eta in (0.5, 2.0):
+            assert assert_components_equal_one_heap(g, conf, budget, eta, mode)["components"] > 5
+
+
+def test_selection_by_component_with_ties_equals_one_heap():
+    """Equal confidences and triplicated points: exact ties everywhere, broken the same way
+    (lower index first) by the components' merge as by one heap."""
+    rng = np.random.default_rng(5)
+    z = np.repeat(rng.normal(size=(30, 4)) * 5, 3, axis=0)
+    g = pc.build_graph(z, k=None, tau=0.9, allow_empty=True)
+    conf = np.full(len(z), 0.7)
+    for mode in ("exact", "official"):
+        for budget in (5, 40, 89):
+            assert_components_equal_one_heap(g, conf, budget, 1.0, mode)
+    # official scores have no rounding of their own: the brute force agrees exactly
+    fast, _, _, _ = greedy_neighbourhood_confidence(g, conf, 89, 1.0, "official", components=True)
+    slow, _ = brute_force_greedy(g.toarray(), conf, 89, 1.0, "official", None, "none")
+    np.testing.assert_array_equal(fast, slow)
+
+
+def test_selection_by_component_keeps_examples_sharing_a_column_together():
+    """A pattern that is not symmetric (the kernels accept one): rows 0 and 45 share column
+    0 only through the one-sided entry (45, 0), so picking either changes the other's gain
+    (a search along rows from 0 would not find 45); the grouping must keep them in one
+    group, and the result must equal one heap's."""
+    from prune_core.prune4rel import _component_labels
+
+    rng = np.random.default_rng(5)
+    z = rng.normal(size=(90, 4)) * 5
+    g = pc.build_graph(z, k=None, tau=0.97, allow_empty=True).tolil()
+    _, apart = _component_labels(g.tocsr().indptr.astype(np.int64), g.tocsr().indices, 90)
+    assert apart[0] != apart[45]
+    g[45, 0] = 0.5
+    g = g.tocsr()
+    _, together = _component_labels(g.indptr.astype(np.int64), g.indices, 90)
+    assert together[0] == together[45]
+    conf = rng.uniform(0.2, 1.0, len(z))
+    for mode in ("exact", "official"):
+        for budget in (5, 40, 89):
+            assert_components_equal_one_heap(g, conf, budget, 1.0, mode)
+
+
+def test_component_labels_agree_with_scipy():
+    from scipy.sparse.csgraph import connected_components
+
+    from prune_core.prune4rel import _component_labels
+
+    for seed in range(4):
+        g, conf = clustered_components(seed, tau=0.9)
+        count, labels = _component_labels(g.indptr.astype(np.int64), g.indices, g.shape[0])
+        ref_count, ref = connected_components(g, directed=False)
+        assert count == ref_count
+        # the same partition, numbered by each group's lowest example
+        pairs = np.unique(np.stack([labels, ref], 1), axis=0)
+        assert len(pairs) == count
+        first = np.array([np.flatnonzero(labels == c)[0] for c in range(count)])
+        assert (np.diff(first) > 0).all()
+
+
+def test_selection_by_component_same_for_any_thread_count():
+    import numba
+
+    g, conf = clustered_components(3, n_groups=30)
+    before = numba.get_num_threads()
+    try:
+        results = []
+        for threads in sorted({1, before}):
+            numba.set_num_threads(threads)
+            results.append(greedy_neighbourhood_confidence(g, conf, len(conf) // 3, 1.0, "exact"))
+    finally:
+        numba.set_num_threads(before)
+    for a, b in zip(results[0], results[-1]):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_selection_by_component_cancel_and_progress():
+    import threading
+
+    from prune_core.errors import Cancelled
+
+    g, conf = clustered_components(1, n_groups=30)
+    seen = []
+    greedy_neighbourhood_confidence(g, conf, len(conf) // 2, 1.0, "exact",
+                                    progress=lambda f, msg, extra: seen.append((f, msg)))
+    assert seen and seen[-1][0] == 1.0 and "components" in seen[-1][1]
+    assert all(b >= a for (a, _), (b, _) in zip(seen, seen[1:]))
+    token = threading.Event()
+    token.set()
+    with pytest.raises(Cancelled):
+        greedy_neighbourhood_confidence(g, conf, len(conf) // 2, 1.0, "exact", cancel=token)
