@@ -46,7 +46,10 @@ For every configuration (dataset, N, D) it reports, all measured in the same run
 - the machine's fp32 peak (theoretical from the CPU flags and clock, and a measured SGEMM
   in the same run) beside the blocked search's achieved GFLOP/s (2 D x similarities
   computed / search time, clustering excluded), and the exact mode's gain evaluations per
-  pick (one per pick plus the refreshes of stale keys in the lazy greedy);
+  pick (one per pick plus the refreshes of stale keys in the lazy greedy, and the picks
+  computed beyond the kept ones), the graph's connected components, the parallel rounds of
+  the selection by component and its picks computed per pick kept, and the exact mode on
+  one heap over all examples (the same picks; the single-thread reference);
 - tight clusters ("tight", --tight-sizes): 500-point clusters whose members nearly all lie
   above tau 0.975, the exact mode's hardest case (overlapping neighbourhoods);
 - the load average at the start and end of each configuration's main worker;
@@ -384,12 +387,27 @@ def worker_main(spec: dict) -> dict:
             times.append(time.perf_counter() - t)
             cpu.append(time.process_time() - c)
         out[f"sel_{mode}_evaluations_per_pick"] = stats["evaluations_per_pick"]
+        out[f"sel_{mode}_components"] = stats.get("components", 1)
+        out[f"sel_{mode}_rounds"] = stats.get("component_rounds", 0)
+        out[f"sel_{mode}_computed"] = stats.get("picks_computed", budget) / budget
         out[f"sel_{mode}_seconds"] = min(times)
         out[f"sel_{mode}_cpu_seconds"] = min(cpu)
         out[f"F_{mode}"] = objective(g, conf, picks, 1.0)
         if mode == "official":
             out["official_knn_picks"] = picks[: spec["dense_steps"]].tolist()
         del picks, gains
+    # The exact mode on one heap over all examples (what it was before selection by
+    # component; same picks): the same-run reference for that change.
+    times = []
+    for _ in range(repeats):
+        stats = {}
+        t = time.perf_counter()
+        picks, _, _, _ = greedy_neighbourhood_confidence(g, conf, budget, 1.0, "exact", stats=stats,
+                                                         components=False)
+        times.append(time.perf_counter() - t)
+    out["sel_exact_one_heap_seconds"] = min(times)
+    out["sel_exact_one_heap_evaluations_per_pick"] = stats["evaluations_per_pick"]
+    del picks
     out["peak_rss"] = _vm("VmHWM")  # graph + selections (recall check excluded)
     out["load_end"] = os.getloadavg()[0]
     rng = np.random.default_rng(1)
@@ -546,7 +564,11 @@ def row(spec: dict, res: dict) -> dict:
              F_exact=main["F_exact"], F_official=main["F_official"],
              F_ok=main["F_exact"] >= main["F_official"] - 1e-9 * abs(main["F_official"]),
              peak_gib=main["peak_rss"] / GiB, data_gib=main["rss_data"] / GiB,
-             evals_exact=main["sel_exact_evaluations_per_pick"], load=(main["load_start"], main["load_end"]))
+             evals_exact=main["sel_exact_evaluations_per_pick"], load=(main["load_start"], main["load_end"]),
+             components=main.get("sel_exact_components", 1), rounds=main.get("sel_exact_rounds", 0),
+             computed=main.get("sel_exact_computed", 1.0),
+             exact_one_heap_s=main.get("sel_exact_one_heap_seconds"),
+             evals_one_heap=main.get("sel_exact_one_heap_evaluations_per_pick"))
     if "knn_flops" in main:
         r.update(knn_gflops=main["knn_flops"] / 1e9 / main["knn_search_seconds"],
                  knn_search_s=main["knn_search_seconds"], cells_s=main["knn_cells_seconds"],
@@ -624,6 +646,7 @@ def _ratio(v) -> str:
 def table(rows: list[dict], peak: dict | None = None) -> str:
     head = ("| config | load (start-end) | backend | graph s | kNN search s (cells s), producers+mergers | kNN GFLOP/s "
             "(share of SGEMM, all cores) | recall@k (tau-edges) | sel exact s | exact evaluations/pick | "
+            "exact: components, rounds, picks computed / kept | sel exact on one heap s (evaluations/pick) | "
             "sel official s | F exact | "
             "F official | exact>=official | dense ms/step | dense total s | speed-up official | "
             "speed-up exact | CPU-time speed-up official / exact | peak RSS GiB (data) | dense RSS GiB | parity: k=None official = dense | "
@@ -647,7 +670,10 @@ def table(rows: list[dict], peak: dict | None = None) -> str:
         lines.append(
             f"| {r['config']} | {r['load'][0]:.1f}-{r['load'][1]:.1f} | {r['backend']} | {r['graph_s']:.2f} | "
             f"{search} | {gflops} | {r['recall']:.4f} ({r['edge_recall']:.4f}) | "
-            f"{r['exact_s']:.2f} | {r['evals_exact']:.1f} | {r['official_s']:.2f} | {r['F_exact']:.1f} | "
+            f"{r['exact_s']:.2f} | {r['evals_exact']:.1f} | {r['components']}, {r['rounds']}, {r['computed']:.2f} | "
+            + (f"{r['exact_one_heap_s']:.2f} ({r['evals_one_heap']:.1f}) | " if r.get("exact_one_heap_s") is not None
+               else "- | ")
+            + f"{r['official_s']:.2f} | {r['F_exact']:.1f} | "
             f"{r['F_official']:.1f} | "
             f"{'yes' if r['F_ok'] else 'NO'} | {r.get('dense_step_ms', float('nan')):.2f} | {total} | "
             f"{_ratio(r.get('speedup_official'))} | {_ratio(r.get('speedup_exact'))} | "

@@ -19,7 +19,6 @@ in chunks, so progress and cancel are checked between chunks, never per pick.
 
 from __future__ import annotations
 
-import heapq
 import math
 
 import numba
@@ -433,21 +432,26 @@ def _component_labels(indptr, indices, n):
     return count, labels
 
 
+@numba.njit(cache=True)
+def _lpt_owner(order, cost, workers):
+    """owner[q] of the q-th component in `order` (costs descending): the least loaded worker."""
+    load = np.zeros(workers)
+    owner = np.empty(order.shape[0], dtype=np.int64)
+    for q in range(order.shape[0]):
+        w = np.argmin(load)
+        owner[q] = w
+        load[w] += cost[order[q]]
+    return owner
+
+
 def _balanced_work(cost: np.ndarray, workers: int) -> tuple[np.ndarray, np.ndarray]:
     """Components assigned to workers, largest cost first to the least loaded (LPT).
 
     Returns (work, work_ptr): worker w runs work[work_ptr[w]:work_ptr[w+1]]."""
-    order = np.argsort(-cost, kind="stable")
-    if workers <= 1:
-        return order.astype(np.int64), np.array([0, len(order)], dtype=np.int64)
-    owner = np.empty(len(order), dtype=np.int64)
-    heap = [(0.0, w) for w in range(workers)]
-    for q, c in enumerate(order):
-        total, w = heapq.heappop(heap)
-        owner[q] = w
-        heapq.heappush(heap, (total + float(cost[c]), w))
-    by_worker = np.argsort(owner, kind="stable")
-    work = order[by_worker].astype(np.int64)
+    order = np.argsort(-cost, kind="stable").astype(np.int64)
+    workers = max(1, int(workers))
+    owner = _lpt_owner(order, cost.astype(np.float64), workers)
+    work = order[np.argsort(owner, kind="stable")]
     work_ptr = np.zeros(workers + 1, dtype=np.int64)
     np.cumsum(np.bincount(owner, minlength=workers), out=work_ptr[1:])
     return work, work_ptr
@@ -478,13 +482,16 @@ def objective(graph, conf: np.ndarray, subset: np.ndarray, eta: float = DEFAULT_
     return float(np.tanh(neighbourhood_confidence(graph, conf, subset) / eta).sum())
 
 
-# At most this many parallel rounds of the per-component selection (progress and cancel
-# are checked between rounds); the lazy merge computes the last picks once fewer than
-# max(_COMPONENT_GROW, budget / 200) are missing.
+# Selection by component (`_select_by_component`): at most _COMPONENT_ROUNDS parallel rounds
+# (progress and cancel are checked between rounds); the lazy merge computes the last picks
+# once fewer than max(_COMPONENT_GROW, budget / 200) are missing; an extrapolated round
+# aims at _COMPONENT_STEP of the missing picks and may compute (1 + _COMPONENT_SLACK) times
+# them. Chosen on the benchmark's 50k and 1M graphs (bench/selection.py; the choice moves
+# the selection's time by under 10%, never its result).
 _COMPONENT_ROUNDS = 40
 _COMPONENT_GROW = 64
 _COMPONENT_SLACK = 0.25
-_COMPONENT_STEP = 0.5
+_COMPONENT_STEP = 0.25
 
 
 def greedy_neighbourhood_confidence(
@@ -551,9 +558,10 @@ def greedy_neighbourhood_confidence(
     if seq is None:
         seq = np.zeros(budget, dtype=np.int64)
     k = int(heap_class.max()) + 1
-    # A list sorted by (class, -gain, index) is a valid max-heap in every class segment.
+    # A list sorted by (class, -gain, index) is a valid max-heap in every class segment
+    # (lexsort is stable: equal gains stay in index order).
     gains0 = initial_gains(indptr, indices, weights, conf, inv_eta, exact)
-    order = np.lexsort((np.arange(n), -gains0, heap_class))
+    order = np.lexsort((-gains0, heap_class))
     hg = gains0[order].copy()
     hi = order.astype(np.int64)
     size = np.bincount(heap_class, minlength=k).astype(np.int64)
@@ -597,13 +605,15 @@ def _select_by_component(budget, size, state, picks, gains, scores, mode, progre
     `greedy_neighbourhood_confidence`, components). Returns (evaluations per component,
     picks computed in all).
 
-    Rounds, each on all numba threads: with theta the r-th largest key left in all heaps
-    (r = picks still missing), every component picks while its refreshed top scores at
-    least theta. Keys are upper bounds, so a round never computes a pick the global greedy
-    would not make among its first `budget` (but for ties at theta), and the computed picks
-    are always exactly the global greedy's picks scoring at least theta. Once few picks are
-    missing (or after _COMPONENT_ROUNDS rounds) a lazy merge of the components' heads takes
-    the sequences in global order and computes the rest one pick at a time.
+    Rounds, each on all numba threads: every component picks while its refreshed top
+    scores at least theta, so after a round the computed picks are exactly the global
+    greedy's picks scoring at least theta, whatever theta was. With theta the r-th largest
+    key left in all heaps (r = picks still missing) a round cannot overshoot the budget
+    (keys are upper bounds; ties at theta aside); later rounds extrapolate a lower theta and
+    cap each component's picks (see the comment in the loop), so some computed picks may go
+    unused (stats: picks_computed). Once few picks are missing (or after _COMPONENT_ROUNDS
+    rounds) a lazy merge of the components' heads takes the sequences in global order and
+    computes the rest one pick at a time.
     """
     (indptr, indices, weights, conf, inv_eta, exact, hg, hi, off, size_, cover, m1, ebase) = state
     n = conf.shape[0]
@@ -620,10 +630,12 @@ def _select_by_component(budget, size, state, picks, gains, scores, mode, progre
     rounds = 0
     # theta: keys are stale upper bounds, so far fewer picks score at least theta than keys
     # lie above it: a theta `missing` keys deep (it can never overshoot) crept down a few
-    # hundred picks a round on overlapping neighbourhoods. Scores fall about exponentially
-    # with the rank, so from the second round on theta is extrapolated in log scale from
-    # the last two rounds, and each component may then add at most its share (by examples
-    # left) of (1 + _COMPONENT_SLACK) x missing picks: a round wastes at most that slack.
+    # hundred picks a round on overlapping neighbourhoods (40 rounds at tight 50k, the
+    # merge then computing 12k of the 25k picks one at a time). Scores fall about
+    # exponentially with the rank, so from the third round on theta is extrapolated in log
+    # scale from the last two rounds, to _COMPONENT_STEP of the missing picks, and each
+    # component may then add at most its share (by examples left) of
+    # (1 + _COMPONENT_SLACK) x missing picks: a round wastes at most that slack.
     history = []
     unlimited = size_ + 0  # no component can add more picks than it has examples
     for r in range(1, _COMPONENT_ROUNDS + 1):
