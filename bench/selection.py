@@ -755,6 +755,20 @@ def targets(rows: list[dict]) -> list[str]:
     return out
 
 
+def run_all(args, rows: list) -> None:
+    """Every configuration in fresh workers; rows appended as they finish."""
+    for spec in configurations(args):
+        t = time.perf_counter()
+        res = {"main": run_worker("main", spec, args.timeout)}
+        if "error" not in res["main"]:
+            res["dense"] = run_worker("dense", dict(spec, tau=res["main"]["tau"]), args.timeout)
+        r = row(spec, res)
+        rows.append(r)
+        brief = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()}
+        print(f"# {spec['name']}: {time.perf_counter() - t:.0f}s wall, load {os.getloadavg()[0]:.1f}: "
+              f"{json.dumps(brief)}", flush=True)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sizes", default="10k,50k,200k,1M", help="synthetic N values, e.g. 10k,50k")
@@ -780,6 +794,8 @@ def main(argv=None) -> int:
                     help="compare the blocked kNN search with faiss IVF up to this N")
     ap.add_argument("--timeout", type=float, default=1800, help="seconds per worker")
     ap.add_argument("--json", help="also write the rows to this JSON file")
+    ap.add_argument("--busy", type=int, default=0,
+                    help="spinning processes kept running beside the whole benchmark (a loaded machine)")
     ap.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
@@ -800,23 +816,20 @@ def main(argv=None) -> int:
     print(f"# prune4rel selection benchmark: {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}, python {platform.python_version()}",
           flush=True)
-    peak = machine_peak()
-    theo = f"{peak['theoretical']:.0f}" if peak["theoretical"] else "unknown"
-    print(f"# fp32 peak: theoretical {theo} GFLOP/s ({peak['cores']} cores x {peak['mhz']} MHz x "
-          f"{peak['simd']}, two FMA pipes assumed); measured SGEMM 4096x512x4096: "
-          f"{peak['sgemm_1']:.1f} GFLOP/s on one thread, {peak['sgemm_all']:.1f} on all", flush=True)
     rows = []
     start = time.perf_counter()
-    for spec in configurations(args):
-        t = time.perf_counter()
-        res = {"main": run_worker("main", spec, args.timeout)}
-        if "error" not in res["main"]:
-            res["dense"] = run_worker("dense", dict(spec, tau=res["main"]["tau"]), args.timeout)
-        r = row(spec, res)
-        rows.append(r)
-        brief = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()}
-        print(f"# {spec['name']}: {time.perf_counter() - t:.0f}s wall, load {os.getloadavg()[0]:.1f}: "
-              f"{json.dumps(brief)}", flush=True)
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from _fresh import busy_processes
+
+    with busy_processes(args.busy):  # the peak too is measured under the same load
+        if args.busy:
+            print(f"# loaded: {args.busy} spinning processes beside every measurement", flush=True)
+        peak = machine_peak()
+        theo = f"{peak['theoretical']:.0f}" if peak["theoretical"] else "unknown"
+        print(f"# fp32 peak: theoretical {theo} GFLOP/s ({peak['cores']} cores x {peak['mhz']} MHz x "
+              f"{peak['simd']}, two FMA pipes assumed); measured SGEMM 4096x512x4096: "
+              f"{peak['sgemm_1']:.1f} GFLOP/s on one thread, {peak['sgemm_all']:.1f} on all", flush=True)
+        run_all(args, rows)
     print()
     print(table(rows, peak))
     print()
