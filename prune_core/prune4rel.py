@@ -149,22 +149,6 @@ def _exact_gain(x, indptr, indices, weights, conf, cover, inv_eta):
 
 
 @numba.njit(cache=True, parallel=True)
-def initial_gains(indptr, indices, weights, conf, inv_eta, exact):
-    """(N,) gains of every example for the empty subset (rows on all numba threads)."""
-    n = conf.shape[0]
-    out = np.empty(n, dtype=np.float64)
-    for x in numba.prange(n):
-        if exact:
-            total = 0.0
-            for j in range(indptr[x], indptr[x + 1]):
-                total += np.tanh(weights[j] * conf[x] * inv_eta)
-            out[x] = total
-        else:
-            out[x] = np.tanh(conf[x] * inv_eta)
-    return out
-
-
-@numba.njit(cache=True, parallel=True)
 def _edge_factors(indptr, weights, conf, inv_eta):
     """Per stored entry (x, v): m = -expm1(-2 d) for d = w(v, x) conf_x / eta, (nnz,) float64.
 
@@ -194,6 +178,25 @@ def _exact_gain_fast(x, indptr, indices, m1, ebase):
         m = m1[j]
         total += 2.0 * e_base * m / ((1.0 + e_base * (1.0 - m)) * (1.0 + e_base))
     return total
+
+
+@numba.njit(cache=True, parallel=True)
+def initial_keys(indptr, indices, conf, inv_eta, exact, m1, ebase):
+    """(N,) heap keys of every example for the empty subset (rows on all numba threads).
+
+    Computed with the very arithmetic a refresh uses (exact: `_exact_gain_fast` with
+    ebase = 1; official: `tanh_increase` from C = 0), so an example's first refresh gives
+    its key back to the last bit. Keys must be upper bounds of every later refresh: a key
+    from np.tanh instead was 1 ulp below the first refresh for some confidences, and
+    near-ties then fell differently on one heap and per component."""
+    n = conf.shape[0]
+    out = np.empty(n, dtype=np.float64)
+    for x in numba.prange(n):
+        if exact:
+            out[x] = _exact_gain_fast(x, indptr, indices, m1, ebase)
+        else:
+            out[x] = tanh_increase(0.0 * inv_eta, conf[x] * inv_eta)
+    return out
 
 
 @numba.njit(cache=True, inline="always")
@@ -518,8 +521,9 @@ def greedy_neighbourhood_confidence(
     `evaluations_per_pick`, `components` (connected components of the graph; 1 when the
     selection ran on one heap) and `picks_computed` (picks the components' greedy runs
     made, used or not: at least budget), `component_rounds` (parallel rounds) and
-    `picks_after_rounds` (picks the final merge computed one at a time). Raises InputError for an unknown mode, eta <= 0 or
-    a graph that is not sparse (N, N). Objective: F(S) = sum over all x of tanh(C(x; S) /
+    `picks_after_rounds` (picks the final merge computed one at a time). Raises
+    InputError for an unknown mode, eta <= 0, a budget outside 0..N or a graph that is not
+    sparse (N, N). Objective: F(S) = sum over all x of tanh(C(x; S) /
     eta), the total reduced neighbourhood confidence (paper, Sec. 3; its Algorithm 1 is
     the greedy), maximised by lazy greedy on the exact marginal gain (Minoux's accelerated
     greedy).
@@ -532,7 +536,11 @@ def greedy_neighbourhood_confidence(
     sequences by decreasing key (ties to the lower index) IS the global greedy: same
     picks, gains, scores and cover as one heap over all examples. None (default): so in
     exact mode when there is no class balance and more than one component; False: one
-    heap; True: components in either mode, even for a connected graph (tests).
+    heap; True: components in either mode, even for a connected graph (tests). Both rely on
+    every key being an upper bound of later refreshes to the last bit: the initial keys use
+    the refresh's own arithmetic (`initial_keys`); a refresh rising by an ulp as C grows is
+    possible in principle (the rounded formula is not monotone everywhere) but was not seen
+    in tens of thousands of random instances (tests/test_selection.py fuzzes it).
     """
     if mode not in MODES:
         raise InputError(f"unknown prune4rel mode {mode!r}; choose one of {', '.join(MODES)}")
@@ -540,6 +548,9 @@ def greedy_neighbourhood_confidence(
         raise InputError(f"eta must be positive, got {eta}")
     conf = np.ascontiguousarray(conf, dtype=np.float64)
     n = conf.shape[0]
+    if int(budget) != budget or not 0 <= budget <= n:
+        raise InputError(f"budget must be a whole number from 0 to N={n}, got {budget}")
+    budget = int(budget)
     indptr, indices, weights = prepare_graph(graph, n)
     exact = mode == "exact"
     inv_eta = 1.0 / float(eta)
@@ -560,9 +571,14 @@ def greedy_neighbourhood_confidence(
     if seq is None:
         seq = np.zeros(budget, dtype=np.int64)
     k = int(heap_class.max()) + 1
+    if exact:
+        m1 = _edge_factors(indptr, weights, conf, inv_eta)
+        ebase = np.ones(n, dtype=np.float64)  # exp(-2 C_v / eta) with C = 0
+    else:
+        m1 = ebase = np.empty(0, dtype=np.float64)
     # A list sorted by (class, -gain, index) is a valid max-heap in every class segment
     # (lexsort is stable: equal gains stay in index order).
-    gains0 = initial_gains(indptr, indices, weights, conf, inv_eta, exact)
+    gains0 = initial_keys(indptr, indices, conf, inv_eta, exact, m1, ebase)
     order = np.lexsort((-gains0, heap_class))
     hg = gains0[order].copy()
     hi = order.astype(np.int64)
@@ -572,11 +588,6 @@ def greedy_neighbourhood_confidence(
     picks = np.empty(budget, dtype=np.int64)
     gains = np.empty(budget, dtype=np.float64)
     scores = np.empty(budget, dtype=np.float64)
-    if exact:
-        m1 = _edge_factors(indptr, weights, conf, inv_eta)
-        ebase = np.ones(n, dtype=np.float64)  # exp(-2 C_v / eta) with C = 0
-    else:
-        m1 = ebase = np.empty(0, dtype=np.float64)
     state = (indptr, indices, weights, conf, inv_eta, exact, hg, hi, off, size, cover, m1, ebase)
     if by_component:
         evaluations, computed, rounds, merged_late = _select_by_component(
@@ -604,8 +615,8 @@ def greedy_neighbourhood_confidence(
 
 def _select_by_component(budget, size, state, picks, gains, scores, mode, progress, cancel):
     """The global greedy's first `budget` picks from per-component lazy greedy runs (see
-    `greedy_neighbourhood_confidence`, components). Returns (evaluations per component,
-    picks computed in all).
+    `greedy_neighbourhood_confidence`, components). Returns (evaluations (n_components,)
+    int64, picks computed in all, parallel rounds, picks the merge computed one at a time).
 
     Rounds, each on all numba threads: every component picks while its refreshed top
     scores at least theta, so after a round the computed picks are exactly the global
@@ -681,6 +692,7 @@ def _select_by_component(budget, size, state, picks, gains, scores, mode, progre
     head = np.zeros(n_comp, dtype=np.int64)
     extended = np.zeros(1, dtype=np.int64)
     chunk = max(1, budget // 20)
+    reported = min(budget, int(produced.sum())) / budget
     for start in range(0, budget, chunk):
         check_cancel(cancel)
         end = min(budget, start + chunk)
@@ -688,8 +700,9 @@ def _select_by_component(budget, size, state, picks, gains, scores, mode, progre
                           weights, conf, inv_eta, exact, hg, hi, off, size_, cover, m1, ebase,
                           evaluations, produced, seq_picks, seq_gains, seq_scores, picks, gains, scores,
                           extended)
-    if progress:
-        progress(1.0, f"prune4rel {mode}: {budget}/{budget} picked ({n_comp} components)", {})
+        if progress and (end / budget > reported or end == budget):  # never below the rounds' report
+            reported = max(reported, end / budget)
+            progress(reported, f"prune4rel {mode}: {end}/{budget} picked ({n_comp} components)", {})
     return evaluations, int(produced.sum()), rounds, int(extended[0])
 
 

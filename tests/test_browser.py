@@ -30,6 +30,7 @@ from prune_core.runstore import RunStore
 
 ARTIFACTS = ROOT / "tests" / "artifacts"
 sync_api = pytest.importorskip("playwright.sync_api")
+PlaywrightTimeout = sync_api.TimeoutError
 
 
 @pytest.fixture(scope="module")
@@ -110,11 +111,25 @@ def sidebar_run(page) -> str:
     return box_text(page.locator('[data-testid="stSidebar"] [data-testid="stSelectbox"]').first)
 
 
-def choose(page, label: str, option: str) -> None:
-    """Pick `option` in the selectbox labelled `label`."""
+def choose(page, label: str, option: str, attempts: int = 4) -> None:
+    """Pick `option` in the selectbox labelled `label`.
+
+    A rerun that redraws the page (the Home page polls while jobs run) can close the list
+    just opened: a fresh CI clone once waited the whole minute for an option of a list that
+    had closed under it. So the list is opened again, up to `attempts` times, when the
+    option does not show within 15 s."""
     box = page.locator('[data-testid="stSelectbox"]').filter(has_text=label).first
-    box.click()
-    page.get_by_role("option", name=option, exact=True).click()
+    wanted = page.get_by_role("option", name=option, exact=True)
+    for attempt in range(attempts):
+        wait_for_app_idle(page)
+        box.click()
+        try:
+            wanted.click(timeout=15_000 if attempt < attempts - 1 else 60_000)
+            break
+        except PlaywrightTimeout:
+            if attempt == attempts - 1:
+                raise
+            page.keyboard.press("Escape")
     wait_for_app_idle(page)
 
 

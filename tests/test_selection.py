@@ -2,6 +2,9 @@
 
 import numpy as np
 import pytest
+import scipy.sparse as sp
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import prune_core as pc
 from prune_core.prune4rel import greedy_neighbourhood_confidence, objective
@@ -295,3 +298,50 @@ def test_selection_by_component_cancel_and_progress():
     token.set()
     with pytest.raises(Cancelled):
         greedy_neighbourhood_confidence(g, conf, len(conf) // 2, 1.0, "exact", cancel=token)
+
+
+@pytest.mark.parametrize("mode", ["exact", "official"])
+def test_selection_by_component_where_initial_keys_met_their_first_refresh_by_an_ulp(mode):
+    """Isolated points with one confidence, or confidences a few ulps apart: the initial keys
+    came from np.tanh and the first refresh from the refresh formula, 1 ulp apart, so a key was
+    not an upper bound and ties fell differently per component (a reviewer's reproducers)."""
+    g = sp.identity(5, format="csr")
+    for c, eta in ((0.2514331438351931, 1.0), (0.7, 1.0), (0.5, 0.3)):
+        conf = np.full(5, c)
+        assert_components_equal_one_heap(g, conf, 5, eta, mode)
+        np.testing.assert_array_equal(  # equal gains: lowest index first
+            greedy_neighbourhood_confidence(g, conf, 5, eta, mode, components=True)[0], np.arange(5))
+    conf = np.array([0.7281990397824373, 0.7281990397824368, 0.7281990397824366,
+                     0.7281990397824365, 0.7281990397824367, 0.7281990397824367])
+    for budget in (1, 2, 6):
+        assert_components_equal_one_heap(sp.identity(6, format="csr"), conf, budget, 0.3, mode)
+
+
+@settings(max_examples=150, deadline=None)
+@given(data=st.data())
+def test_selection_by_component_equals_one_heap_on_random_graphs(data):
+    """Random sparse symmetric graphs with unit diagonal (many components), confidences drawn
+    from a few values or a few ulps apart (ties everywhere), any eta and budget."""
+    n = data.draw(st.integers(2, 40), label="n")
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1), label="seed"))
+    edges = rng.random((n, n)) < data.draw(st.sampled_from([0.0, 0.03, 0.1, 0.3]), label="density")
+    w = np.where(edges | edges.T, rng.choice([0.5, 0.8, 1.0], size=(n, n)).astype(np.float32), 0)
+    w = np.maximum(w, w.T)
+    np.fill_diagonal(w, 1.0)
+    kind = data.draw(st.sampled_from(["equal", "ulps", "few", "uniform"]), label="conf")
+    base = rng.uniform(0.05, 1.0)
+    conf = {"equal": np.full(n, base),
+            "ulps": np.nextafter(np.full(n, base), 2.0) + rng.integers(0, 4, n) * np.spacing(base),
+            "few": rng.choice([0.3, 0.5, 0.9], n),
+            "uniform": rng.uniform(0, 1, n)}[kind]
+    eta = data.draw(st.sampled_from([0.3, 1.0, 3.0]), label="eta")
+    budget = data.draw(st.integers(1, n), label="budget")
+    for mode in ("exact", "official"):
+        assert_components_equal_one_heap(sp.csr_matrix(w), conf, budget, eta, mode)
+
+
+def test_budget_outside_zero_to_n_is_refused():
+    g, conf = clustered_components(0)
+    for budget in (-1, len(conf) + 1, 2.5):
+        with pytest.raises(pc.InputError, match="budget must be"):
+            greedy_neighbourhood_confidence(g, conf, budget, 1.0, "exact")
