@@ -591,7 +591,7 @@ def greedy_neighbourhood_confidence(
     state = (indptr, indices, weights, conf, inv_eta, exact, hg, hi, off, size, cover, m1, ebase)
     if by_component:
         evaluations, computed, rounds, merged_late = _select_by_component(
-            budget, size, state, picks, gains, scores, mode, progress, cancel)
+            budget, state, picks, gains, scores, mode, progress, cancel)
         cover[:] = 0.0  # the components' runs went past the budget: C of the picks alone
         _cover_of(picks, indptr, indices, weights, conf, cover)
     else:
@@ -613,7 +613,7 @@ def greedy_neighbourhood_confidence(
     return picks, gains, scores, cover
 
 
-def _select_by_component(budget, size, state, picks, gains, scores, mode, progress, cancel):
+def _select_by_component(budget, state, picks, gains, scores, mode, progress, cancel):
     """The global greedy's first `budget` picks from per-component lazy greedy runs (see
     `greedy_neighbourhood_confidence`, components). Returns (evaluations (n_components,)
     int64, picks computed in all, parallel rounds, picks the merge computed one at a time).
@@ -628,7 +628,7 @@ def _select_by_component(budget, size, state, picks, gains, scores, mode, progre
     rounds) a lazy merge of the components' heads takes the sequences in global order and
     computes the rest one pick at a time.
     """
-    (indptr, indices, weights, conf, inv_eta, exact, hg, hi, off, size_, cover, m1, ebase) = state
+    (indptr, indices, weights, conf, inv_eta, exact, hg, hi, off, size, cover, m1, ebase) = state
     n = conf.shape[0]
     n_comp = size.shape[0]
     seq_picks = np.empty(n, dtype=np.int64)
@@ -636,7 +636,8 @@ def _select_by_component(budget, size, state, picks, gains, scores, mode, progre
     seq_scores = np.empty(n, dtype=np.float64)
     produced = np.zeros(n_comp, dtype=np.int64)
     evaluations = np.zeros(n_comp, dtype=np.int64)
-    # Work of a component ~ its size x its rows' mean length: LPT assignment to the threads.
+    # Work of a component ~ its size x its rows' mean length: LPT assignment to the threads
+    # (size: the examples still in each heap, all of them before the first round).
     nnz = np.bincount(np.repeat(np.arange(n_comp), size), weights=np.diff(indptr)[hi], minlength=n_comp)
     work, work_ptr = _balanced_work(nnz, numba.get_num_threads())
     finish_below = max(_COMPONENT_GROW, budget // 200)
@@ -650,7 +651,6 @@ def _select_by_component(budget, size, state, picks, gains, scores, mode, progre
     # component may then add at most its share (by examples left) of
     # (1 + _COMPONENT_SLACK) x missing picks: a round wastes at most that slack.
     history = []
-    unlimited = size_ + 0  # no component can add more picks than it has examples
     for r in range(1, _COMPONENT_ROUNDS + 1):
         done = int(produced.sum())
         missing = budget - done
@@ -658,10 +658,10 @@ def _select_by_component(budget, size, state, picks, gains, scores, mode, progre
             break
         rounds = r
         check_cancel(cancel)
-        keys = _remaining_keys(hg, off, size_)
+        keys = _remaining_keys(hg, off, size)
         theta = (float(np.partition(keys, len(keys) - missing)[len(keys) - missing])
                  if missing < len(keys) else -math.inf)
-        limit = produced + unlimited
+        limit = produced + size  # no cap: a component cannot add more picks than it has left
         if len(history) >= 2 and theta > 0:
             (c0, t0), (c1, t1) = history[-2], history[-1]
             if c1 > c0 and 0 < t1 < t0:
@@ -669,10 +669,10 @@ def _select_by_component(budget, size, state, picks, gains, scores, mode, progre
                 if guess < theta:
                     theta = guess
                     share = missing * (1.0 + _COMPONENT_SLACK) / max(1, len(keys))
-                    limit = produced + np.minimum(size_, np.ceil(size_ * share).astype(np.int64))
+                    limit = produced + np.minimum(size, np.ceil(size * share).astype(np.int64))
         del keys
         _run_components(work, work_ptr, theta, limit, indptr, indices, weights, conf, inv_eta, exact,
-                        hg, hi, off, size_, cover, m1, ebase, evaluations, produced, seq_picks,
+                        hg, hi, off, size, cover, m1, ebase, evaluations, produced, seq_picks,
                         seq_gains, seq_scores)
         history.append((int(produced.sum()), theta))
         if progress:
@@ -680,7 +680,7 @@ def _select_by_component(budget, size, state, picks, gains, scores, mode, progre
             progress(done / budget, f"prune4rel {mode}: {done}/{budget} picked ({n_comp} components)", {})
     head_key = np.empty(n_comp, dtype=np.float64)
     head_id = np.empty(n_comp, dtype=np.int64)
-    live = np.flatnonzero((produced > 0) | (size_ > 0))
+    live = np.flatnonzero((produced > 0) | (size > 0))
     has = produced[live] > 0
     head_key[: len(live)] = np.where(has, seq_scores[off[live]], hg[off[live]])
     head_id[: len(live)] = np.where(has, seq_picks[off[live]], -1)
@@ -697,7 +697,7 @@ def _select_by_component(budget, size, state, picks, gains, scores, mode, progre
         check_cancel(cancel)
         end = min(budget, start + chunk)
         _merge_components(start, end, head_key, head_id, head_comp, n_heads, head, indptr, indices,
-                          weights, conf, inv_eta, exact, hg, hi, off, size_, cover, m1, ebase,
+                          weights, conf, inv_eta, exact, hg, hi, off, size, cover, m1, ebase,
                           evaluations, produced, seq_picks, seq_gains, seq_scores, picks, gains, scores,
                           extended)
         if progress and (end / budget > reported or end == budget):  # never below the rounds' report
