@@ -33,7 +33,8 @@ class OneLineParser(argparse.ArgumentParser):
 
     def parse_known_args(self, args=None, namespace=None):
         # An unknown flag is named first (argparse would report the required flags it hides:
-        # `--keep 0.5` read "the following arguments are required: --keep-ratio").
+        # `--keep 0.5` read "the following arguments are required: --keep-ratio"). A suggestion
+        # only when it is close (difflib's default 0.6 offered --quiet for --budget).
         if args is not None and not any(isinstance(a, argparse._SubParsersAction) for a in self._actions):
             known = [o for o in self._option_string_actions if o.startswith("--")]
             for token in args:
@@ -41,7 +42,7 @@ class OneLineParser(argparse.ArgumentParser):
                     break
                 name = token.split("=", 1)[0]
                 if token.startswith("--") and name not in self._option_string_actions:
-                    close = [o for o in known if o.startswith(name)] or difflib.get_close_matches(name, known, n=1)
+                    close = [o for o in known if o.startswith(name)] or difflib.get_close_matches(name, known, n=1, cutoff=0.75)
                     self.error(f"unrecognized argument {name}" + (f" (did you mean {close[0]}?)" if close else ""))
         return super().parse_known_args(args, namespace)
 

@@ -120,7 +120,7 @@ def check_sweep_inputs(methods, ratios, seeds, learner, learner_epochs=None, lea
     Returns (method specs, ratios sorted ascending without duplicates, seeds without
     duplicates in the given order, learner names (["none"] for no training)). Raises InputError.
     """
-    from .learners import get_learner, resolve_learner_input
+    from .learners import list_learners, resolve_learner_input
     from .registry import check_balance
     from .selection import budget_for, get_method
 
@@ -162,8 +162,8 @@ def check_sweep_inputs(methods, ratios, seeds, learner, learner_epochs=None, lea
     for name in names:
         if name.lower() == "none":
             name = "none"
-        else:
-            get_learner(name)
+        elif name not in list_learners():  # here 'none' is a choice too: name it
+            raise InputError(f"unknown learner {name!r}; choose one of {', '.join([*list_learners(), 'none'])}")
         if name not in learners:
             learners.append(name)
     if "none" in learners and len(learners) > 1:

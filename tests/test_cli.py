@@ -145,3 +145,18 @@ def test_numba_cache_defaults_to_the_warmed_folder_without_setup_sh():
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env={**env, "NUMBA_CACHE_DIR": "/tmp/mine"},
                          capture_output=True, text=True, timeout=120)
     assert out.stdout.split() == ["/tmp/mine"] * 2
+
+
+def test_cli_unknown_learner_lists_none_and_far_flags_get_no_suggestion(tmp_path):
+    """A trial user's findings: the sweep's learner choices must include 'none', and a flag
+    like --budget must not be 'corrected' to an unrelated one (--quiet)."""
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", "prune_core", *args], capture_output=True, text=True,
+                              cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+    res = run("sweep", "--data", "digits", "--methods", "uniform", "--ratios", "0.5", "--learner", "nonee",
+              "--out", str(tmp_path / "s"))
+    assert res.returncode == 2 and "choose one of ce, sop, dividemix, none" in res.stderr, res.stderr
+    res = run("run", "--data", "digits", "--method", "uniform", "--budget", "100", "--out", str(tmp_path / "r"))
+    assert res.returncode == 2 and "unrecognized argument --budget" in res.stderr, res.stderr
+    assert "did you mean" not in res.stderr
