@@ -398,31 +398,41 @@ def _cover_of(picks, indptr, indices, weights, conf, cover):
 
 
 @numba.njit(cache=True)
+def _find_root(parent, a):
+    """Root of a's tree in the union-find `parent`, halving the path on the way."""
+    while parent[a] != a:
+        parent[a] = parent[parent[a]]
+        a = parent[a]
+    return a
+
+
+@numba.njit(cache=True)
 def _component_labels(indptr, indices, n):
     """Groups of examples no pick can couple: (count, labels (N,) int64 in 0..count-1).
 
     Union-find over every stored entry (x, v): picking x changes C_v, and C_v enters the
     gain of every example whose row holds v, so x, v and those examples share a label.
     It needs neither a symmetric pattern nor a transpose. Labels are numbered in order of
-    each group's lowest example. (scipy's connected_components took 11-92 ms on the
-    benchmark's 50k graphs, transposing or checking the pattern first; this takes 6-14 ms.)
+    each group's lowest example (a union keeps the lower root). (scipy's
+    connected_components took 11-92 ms on the benchmark's 50k graphs, transposing or
+    checking the pattern first; this takes 6-14 ms.) The root of row x is found once per
+    row, not once per entry, and `parent` has the index dtype (int32 for our graphs: half
+    the cache footprint): 1.52-1.58 -> 0.34-0.41 s at clustered 1M on a 2-core AMD VM.
     """
-    parent = np.arange(n)
+    parent = np.arange(n).astype(indices.dtype)
     for x in range(n):
+        ra = _find_root(parent, x)
         for j in range(indptr[x], indptr[x + 1]):
-            a = x
             b = indices[j]
-            while parent[a] != a:  # path halving
-                parent[a] = parent[parent[a]]
-                a = parent[a]
-            while parent[b] != b:
-                parent[b] = parent[parent[b]]
-                b = parent[b]
-            if a != b:
-                if a < b:
-                    parent[b] = a
+            if b == x:
+                continue
+            rb = _find_root(parent, b)
+            if ra != rb:
+                if ra < rb:
+                    parent[rb] = ra
                 else:
-                    parent[a] = b
+                    parent[ra] = rb
+                    ra = rb
     labels = np.empty(n, dtype=np.int64)
     count = 0
     for x in range(n):

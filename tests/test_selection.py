@@ -265,6 +265,18 @@ def test_component_labels_agree_with_scipy():
         assert len(pairs) == count
         first = np.array([np.flatnonzero(labels == c)[0] for c in range(count)])
         assert (np.diff(first) > 0).all()
+    # random one-sided patterns, both index dtypes (the union-find's parent takes theirs)
+    rng = np.random.default_rng(11)
+    for trial in range(30):
+        n = int(rng.integers(2, 400))
+        g = sp.random(n, n, density=float(rng.uniform(0.0005, 0.02)), format="csr", random_state=trial)
+        for dtype in (np.int32, np.int64):
+            count, labels = _component_labels(g.indptr.astype(np.int64), g.indices.astype(dtype), n)
+            ref_count, ref = connected_components(g, directed=True, connection="weak")
+            assert count == ref_count
+            assert len(np.unique(np.stack([labels, ref], 1), axis=0)) == count
+            first = np.array([np.flatnonzero(labels == c)[0] for c in range(count)])
+            assert (np.diff(first) > 0).all() and first[0] == 0
 
 
 def test_selection_by_component_same_for_any_thread_count():
