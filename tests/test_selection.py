@@ -357,3 +357,22 @@ def test_budget_outside_zero_to_n_is_refused():
     for budget in (-1, len(conf) + 1, 2.5):
         with pytest.raises(pc.InputError, match="budget must be"):
             greedy_neighbourhood_confidence(g, conf, budget, 1.0, "exact")
+
+
+def test_fused_edge_factors_and_initial_keys_equal_the_separate_kernels_bit_for_bit():
+    """Exact mode computes its edge factors and first keys in one pass; they must be the
+    refresh's arithmetic to the last bit (keys are upper bounds of every refresh)."""
+    from prune_core.prune4rel import _edge_factors, _edge_factors_and_keys, initial_keys, prepare_graph
+
+    rng = np.random.default_rng(7)
+    for seed, (n, eta) in enumerate(((300, 1.0), (120, 0.3), (50, 2.5))):
+        z = rng.normal(size=(n, 5))
+        g = pc.build_graph(z, k=None, tau=0.8, allow_empty=True)
+        indptr, indices, weights = prepare_graph(g, n)
+        conf = rng.uniform(0.0, 1.0, n)
+        conf[: n // 10] = 0.7281990397824373  # equal confidences: ties
+        m1, keys = _edge_factors_and_keys(indptr, weights, conf, 1.0 / eta)
+        ref_m1 = _edge_factors(indptr, weights, conf, 1.0 / eta)
+        ref_keys = initial_keys(indptr, indices, conf, 1.0 / eta, True, ref_m1, np.ones(n))
+        np.testing.assert_array_equal(m1, ref_m1)
+        np.testing.assert_array_equal(keys, ref_keys)
