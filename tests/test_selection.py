@@ -365,7 +365,7 @@ def test_fused_edge_factors_and_initial_keys_equal_the_separate_kernels_bit_for_
     from prune_core.prune4rel import _edge_factors, _edge_factors_and_keys, initial_keys, prepare_graph
 
     rng = np.random.default_rng(7)
-    for seed, (n, eta) in enumerate(((300, 1.0), (120, 0.3), (50, 2.5))):
+    for n, eta in ((300, 1.0), (120, 0.3), (50, 2.5)):
         z = rng.normal(size=(n, 5))
         g = pc.build_graph(z, k=None, tau=0.8, allow_empty=True)
         indptr, indices, weights = prepare_graph(g, n)
