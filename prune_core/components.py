@@ -50,9 +50,7 @@ def _component_labels(indptr, indices, n):
     labels = np.empty(n, dtype=np.int64)
     count = 0
     for x in range(n):
-        root = x
-        while parent[root] != root:
-            root = parent[root]
+        root = _find_root(parent, x)
         if root == x:
             labels[x] = count
             count += 1

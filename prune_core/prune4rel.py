@@ -160,6 +160,8 @@ def _edge_factors(indptr, weights, conf, inv_eta):
     accurate to about 1e-16 absolute (and exp(-2 d) >= exp(-2 / eta)), and a second array
     of nnz doubles would be read from memory on every gain evaluation (that reading is
     most of the exact mode's time on overlapping neighbourhoods; docs/benchmarks.md).
+    The selection computes m with its first keys in `_edge_factors_and_keys`; this
+    factors-only pass is the reference that one is tested against.
     """
     n = indptr.shape[0] - 1
     m1 = np.empty(weights.shape[0], dtype=np.float64)
@@ -180,13 +182,13 @@ def _edge_factors_and_keys(indptr, weights, conf, inv_eta):
     n = indptr.shape[0] - 1
     m1 = np.empty(weights.shape[0], dtype=np.float64)
     keys = np.empty(n, dtype=np.float64)
+    e_base = 1.0  # exp(-2 C_v / eta) with C = 0, spelt out as in the refresh
     for x in numba.prange(n):
         cx = conf[x]
         total = 0.0
         for j in range(indptr[x], indptr[x + 1]):
             m = -np.expm1(-2.0 * (weights[j] * cx * inv_eta))
             m1[j] = m
-            e_base = 1.0
             total += 2.0 * e_base * m / ((1.0 + e_base * (1.0 - m)) * (1.0 + e_base))
         keys[x] = total
     return m1, keys
