@@ -42,6 +42,7 @@ import numpy as np
 
 from .embeddings import _ROW_BLOCK
 from .errors import InputError, check_cancel
+from .knn_heaps import _lists_from_heaps, _own_heaps, _update_heaps
 
 # Below this many examples the kNN search is exact (every pair; on the GPU when present).
 EXACT_SEARCH_MAX_N = 20_000
@@ -214,109 +215,6 @@ def torch_knn(z: np.ndarray, k: int, device="cpu", block_rows: int | None = None
 
 # ---------------------------------------------------------------------------------------
 # Blocked (cell) search: exact fp32 products between nearby cells, per-row top-k heaps.
-
-
-@numba.njit(cache=True, inline="always")
-def _worse(s1, j1, s2, j2, order):
-    """(s1, j1) ranks below (s2, j2): smaller similarity, or equal and a larger original id
-    (order maps cell positions to ids), so ties at the k-th place never depend on the
-    order in which pairs are offered (block order, thread count, a partition's subset)."""
-    return s1 < s2 or (s1 == s2 and order[j1] > order[j2])
-
-
-@numba.njit(cache=True, inline="always")
-def _heap_replace_top(hs, hi, row, s, j, order):
-    """Replace the worst entry of row `row`'s heap (size k, worst at the root; see `_worse`)
-    by (s, j) and sift down. Ids are read only on equal similarities (the hot path compares
-    similarities alone)."""
-    k = hs.shape[1]
-    oj = order[j]
-    pos = 0
-    while True:
-        child = 2 * pos + 1
-        if child >= k:
-            break
-        cs = hs[row, child]
-        if child + 1 < k:
-            rs = hs[row, child + 1]
-            if rs < cs or (rs == cs and order[hi[row, child + 1]] > order[hi[row, child]]):
-                child += 1
-                cs = rs
-        if cs < s or (cs == s and order[hi[row, child]] > oj):
-            hs[row, pos] = cs
-            hi[row, pos] = hi[row, child]
-            pos = child
-        else:
-            break
-    hs[row, pos] = s
-    hi[row, pos] = j
-
-
-@numba.njit(cache=True, nogil=True)
-def _update_heaps(sim, row0, cols, c0, hs, hi, rows_owned, owned, order):
-    """Offer the similarities of one cell's block to the kNN heaps of both sides.
-
-    sim (m, C): rows are the cell's points (positions row0 + r), columns the candidates at
-    positions cols[c]; the first c0 columns are the cell itself. Each row's heap gets every
-    column (itself excluded) when rows_owned; each candidate outside the cell (c >= c0)
-    whose heap this merger owns (owned[cols[c]]) gets every row (its side of the same
-    pair). Every heap has one owner, so mergers never touch the same heap; see
-    `_blocked_heaps` for the threading.
-    """
-    m, c_total = sim.shape
-    if rows_owned:
-        for r in range(m):
-            i = row0 + r
-            floor = hs[i, 0]  # the heap's smallest kept similarity, cached in a register
-            for c in range(c_total):
-                s = sim[r, c]
-                if s >= floor:  # equal: the lower original id wins (`_worse`)
-                    j = cols[c]
-                    if j != i and (s > floor or order[j] < order[hi[i, 0]]):
-                        _heap_replace_top(hs, hi, i, s, j, order)
-                        floor = hs[i, 0]
-    # Columns in chunks of 16 so each pass over the rows reads whole cache lines.
-    floors = np.empty(16, dtype=hs.dtype)
-    mine = np.empty(16, dtype=np.bool_)
-    for a in range(c0, c_total, 16):
-        b = min(c_total, a + 16)
-        any_mine = False
-        for c in range(a, b):
-            mine[c - a] = owned[cols[c]]
-            any_mine = any_mine or mine[c - a]
-            floors[c - a] = hs[cols[c], 0]
-        if not any_mine:
-            continue
-        for r in range(m):
-            for c in range(a, b):
-                s = sim[r, c]
-                if mine[c - a] and s >= floors[c - a]:
-                    j = cols[c]
-                    if s > floors[c - a] or order[row0 + r] < order[hi[j, 0]]:
-                        _heap_replace_top(hs, hi, j, s, row0 + r, order)
-                        floors[c - a] = hs[j, 0]
-
-
-@numba.njit(parallel=True, cache=True)
-def _lists_from_heaps(order, hs, hi, ids, cos):
-    """Sort each heap by similarity (descending) and write it to the row of the original
-    example: ids[order[p]] = order[hi[p]], cos[order[p]] = hs[p] (-1 where empty)."""
-    n, k = hs.shape
-    for p in numba.prange(n):
-        # Insertion sort by (similarity descending, original id ascending); k is small.
-        srt = np.arange(k)
-        for a in range(1, k):
-            cur = srt[a]
-            b = a - 1
-            while b >= 0 and _worse(hs[p, srt[b]], hi[p, srt[b]], hs[p, cur], hi[p, cur], order):
-                srt[b + 1] = srt[b]
-                b -= 1
-            srt[b + 1] = cur
-        i = order[p]
-        for t in range(k):
-            j = hi[p, srt[t]]
-            ids[i, t] = order[j] if j >= 0 else -1
-            cos[i, t] = hs[p, srt[t]]
 
 
 @numba.njit(cache=True)
@@ -495,18 +393,24 @@ def _blocked_heaps(z, k, cell_size, nprobe, seed, inplace, progress=None, cancel
     the caller must not use z afterwards. exhaustive=True compares every pair (the exact
     CPU search): cells are then plain runs of _EXACT_BLOCK consecutive rows, no clustering.
 
-    Threading: producer threads (`block_workers`) compute the blocks of similarities (one
-    single-threaded BLAS matmul per block, GIL released), while merger threads
-    (`merge_workers`, the calling thread among them) merge finished blocks into the heaps
-    (numba, GIL released): each owns the heaps of the cells whose id mod the merger count is
-    its number and takes every block in task order, so each heap receives its offers in a
-    fixed order and results do not depend on timing. Coarse threads instead of BLAS's or
-    faiss's own pools, because small multi-threaded calls alternating with other work stall
-    badly on a 2-core machine shared with other processes (every barrier waits for a
-    descheduled thread).
+    The heaps (hs similarities, hi original ids) are in cell order; each ends as the k best
+    of its offers under `knn_heaps._worse`'s total order, so results do not depend on the order of
+    the offers, hence not on timing or thread counts.
+
+    Threading: pass 1 (each cell with itself) runs on `block_workers` threads, each taking
+    whole cells (a BLAS product and `_own_heaps`, GIL released), since it touches only the
+    cell's own heaps. In pass 2 (cells with their partners), producer threads compute the
+    blocks (one single-threaded BLAS matmul per block) while merger threads
+    (`merge_workers`, the calling thread among them) merge them into the heaps (numba, GIL
+    released): each owns the heaps of the cells whose id mod the merger count is its number
+    and takes every block in task order, so no two threads write one heap. Coarse threads
+    instead of BLAS's or faiss's own pools, because small multi-threaded calls alternating
+    with other work stall badly on a 2-core machine shared with other processes (every
+    barrier waits for a descheduled thread).
 
     stats: when a dict, filled with what the search cost: `cells_seconds` (clustering),
-    `search_seconds` (products and merges), `pairs` (similarities computed), `flops`
+    `search_seconds` (products and merges; `own_seconds` of it the reordering and pass 1),
+    `pairs` (similarities computed), `flops`
     (2 D pairs, the products' floating-point operations), `workers` (producer threads) and
     `mergers` (merger threads).
     """
@@ -532,15 +436,15 @@ def _blocked_heaps(z, k, cell_size, nprobe, seed, inplace, progress=None, cancel
     nlist = len(offsets) - 1
     # Pass 1, each cell with itself (row side only): the heaps start from the nearest
     # candidates, so fewer insertions happen (and are undone) in pass 2, each cell with its
-    # partner cells (exhaustive: with all later rows), where both sides are updated. Tasks
-    # are tiles of at most _TILE_ROWS x _TILE_COLUMNS, so memory stays bounded even for a
-    # huge cell (e.g. thousands of duplicate points that k-means cannot split).
-    tasks = []
+    # partner cells (exhaustive: with all later rows), where both sides are updated. Tiles
+    # are at most _TILE_ROWS x _TILE_COLUMNS, so memory stays bounded even for a huge cell
+    # (e.g. thousands of duplicate points that k-means cannot split).
+    own_tasks = []  # per cell, its tiles: pass 1 touches only the cell's own heaps
     for c in range(nlist):
         a0, a1 = int(offsets[c]), int(offsets[c + 1])
-        for r0 in range(a0, a1, _TILE_ROWS):
-            for lo in range(a0, a1, _TILE_COLUMNS):
-                tasks.append((r0, min(a1, r0 + _TILE_ROWS), "own", lo, min(a1, lo + _TILE_COLUMNS), c))
+        own_tasks.append([(r0, min(a1, r0 + _TILE_ROWS), lo, min(a1, lo + _TILE_COLUMNS))
+                          for r0 in range(a0, a1, _TILE_ROWS) for lo in range(a0, a1, _TILE_COLUMNS)])
+    tasks = []
     for c in range(nlist):
         a0, a1 = int(offsets[c]), int(offsets[c + 1])
         if exhaustive:
@@ -554,20 +458,25 @@ def _blocked_heaps(z, k, cell_size, nprobe, seed, inplace, progress=None, cancel
             for lo in range(first, total, _TILE_COLUMNS):
                 tasks.append((r0, min(a1, r0 + _TILE_ROWS), kind, lo, min(total, lo + _TILE_COLUMNS), c))
 
+    def own_cells(cells):
+        for c in cells:
+            for r0, r1, lo, hi_ in own_tasks[c]:
+                _own_heaps(zs[r0:r1] @ zs[lo:hi_].T, r0, np.arange(lo, hi_), order, hs, hi)
+
     def block(task):
         r0, r1, kind, lo, hi_, c = task
-        if kind == "own":
-            return r0, np.arange(lo, hi_), hi_ - lo, zs[r0:r1] @ zs[lo:hi_].T, c
         if kind == "range":
-            return r0, np.arange(lo, hi_), 0, zs[r0:r1] @ zs[lo:hi_].T, c
+            return r0, np.arange(lo, hi_), zs[r0:r1] @ zs[lo:hi_].T, c
         others = partners[pptr[c] : pptr[c + 1]]
         cols = np.concatenate([np.arange(offsets[b], offsets[b + 1]) for b in others])[lo:hi_]
-        return r0, cols, 0, zs[r0:r1] @ zs[cols].T, c
+        return r0, cols, zs[r0:r1] @ zs[cols].T, c
 
-    # Mergers: heap rows are split by cell among `mergers` threads (cell id mod mergers);
-    # every merger walks all blocks in task order and offers only to the heaps it owns, so
-    # each heap gets its offers in the same order whatever the timing (results do not
-    # depend on it) and no two threads write one heap. The calling thread is merger 0.
+    # Pass 1 on `block_workers` threads, cells in chunks: each cell's heaps are touched by
+    # the one thread that owns the chunk, and a heap's result does not depend on the order
+    # of its offers (`knn_heaps._worse` is a total order), so the chunks may finish in any order.
+    # Pass 2's mergers: heap rows are split by cell among `mergers` threads (cell id mod
+    # mergers); every merger walks all blocks in task order and offers only to the heaps it
+    # owns, so no two threads write one heap. The calling thread is merger 0.
     mergers = merge_workers()
     cell_of_pos = np.repeat(np.arange(nlist, dtype=np.int64), np.diff(offsets))
     owned = [(cell_of_pos % mergers) == w for w in range(mergers)]
@@ -609,8 +518,8 @@ def _blocked_heaps(z, k, cell_size, nprobe, seed, inplace, progress=None, cancel
             return item
 
     def merge(w, item):
-        r0, cols, c0, sim, c = item
-        _update_heaps(sim, r0, cols, c0, hs, hi, c % mergers == w, owned[w], order)
+        r0, cols, sim, c = item
+        _update_heaps(sim, r0, cols, order, hs, hi, c % mergers == w, owned[w])
 
     def merge_thread(w):
         try:
@@ -629,7 +538,25 @@ def _blocked_heaps(z, k, cell_size, nprobe, seed, inplace, progress=None, cancel
     workers = block_workers()
     ahead = 2 * workers + mergers
     report = max(1, len(tasks) // 50)
+    own_pairs = sum((r1 - r0) * (hi_ - lo) for tiles in own_tasks for r0, r1, lo, hi_ in tiles)
+    pairs = own_pairs + sum((t[1] - t[0]) * (t[4] - t[3]) for t in tasks)
+    own_share = own_pairs / max(1, pairs)
     with _single_thread_blas():
+        chunk = 16
+        chunks = [range(c, min(nlist, c + chunk)) for c in range(0, nlist, chunk)]
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="blocked-knn-own") as pool:
+            futures = [pool.submit(own_cells, cells) for cells in chunks]
+            try:
+                for q, fut in enumerate(futures):
+                    fut.result()
+                    if q % max(1, len(chunks) // 10) == 0:
+                        check_cancel(cancel)
+                        if progress:
+                            progress(own_share * q / len(chunks), "kNN search (blocked)", {})
+            finally:
+                for fut in futures:
+                    fut.cancel()
+        own_done = time.perf_counter()
         threads = [threading.Thread(target=produce, args=(w, workers), name=f"blocked-knn-{w}",
                                     daemon=True) for w in range(workers)]
         threads += [threading.Thread(target=merge_thread, args=(w,), name=f"blocked-knn-merge-{w}",
@@ -650,7 +577,7 @@ def _blocked_heaps(z, k, cell_size, nprobe, seed, inplace, progress=None, cancel
                 if t % report == 0:
                     check_cancel(cancel)
                     if progress:
-                        progress(t / len(tasks), "kNN search (blocked)", {})
+                        progress(own_share + (1 - own_share) * t / len(tasks), "kNN search (blocked)", {})
             for th in threads[workers:]:
                 th.join()
             if state["error"] is not None:
@@ -664,9 +591,8 @@ def _blocked_heaps(z, k, cell_size, nprobe, seed, inplace, progress=None, cancel
     if progress:
         progress(1.0, "kNN search (blocked)", {})
     if stats is not None:
-        pairs = sum((t[1] - t[0]) * (t[4] - t[3]) for t in tasks)
         stats.update(cells_seconds=cells_done - started, search_seconds=time.perf_counter() - cells_done,
-                     pairs=int(pairs), flops=2.0 * zs.shape[1] * pairs, workers=workers, mergers=mergers)
+                     pairs=int(pairs), flops=2.0 * zs.shape[1] * pairs, own_seconds=own_done - cells_done, workers=workers, mergers=mergers)
     return order, hs, hi
 
 

@@ -408,3 +408,68 @@ def test_blocked_search_tiles_huge_cells(monkeypatch):
     np.testing.assert_allclose(cos, bcos, atol=1e-5)
     _, cos_exact, _ = knn_search(u, 10, search="exact")
     np.testing.assert_allclose(cos_exact, bcos, atol=1e-5)
+
+
+def _best_k(offers, k):
+    """Reference: the k best (similarity descending, then original id ascending) of a list
+    of (similarity, id) offers, padded with (-inf, -1)."""
+    best = sorted(offers, key=lambda o: (-o[0], o[1]))[:k]
+    return best + [(-np.inf, -1)] * (k - len(best))
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_heap_kernels_keep_the_k_best_of_their_offers_in_any_order(seed):
+    """Pass 1's bulk build (`_own_heaps`, selection + heapify) and pass 2's screened offers
+    (`_update_heaps`) leave each heap holding the k best of everything offered, ties broken
+    by the lower original id, whatever the tiling: checked against a sort of all offers,
+    with quantised similarities (many ties), negatives and -0.0, cells smaller than k, and
+    an own block split into two column tiles (the second merges into held entries)."""
+    from prune_core import knn_heaps
+
+    rng = np.random.default_rng(seed)
+    n, k = 90, 7 if seed % 2 else 40  # k = 40: more than a cell's candidates
+    ids = rng.permutation(n).astype(np.int64)  # original id of each position
+    sims = np.round(rng.uniform(-1, 1, (n, n)), 1).astype(np.float32)  # ties everywhere
+    sims[rng.random((n, n)) < 0.05] = np.float32(-0.0)
+    cells = [(0, 30), (30, 55), (55, 90)]
+    hs = np.full((n, k), -np.inf, dtype=np.float32)
+    hi = np.full((n, k), -1, dtype=np.int32)
+    offers = {p: [] for p in range(n)}
+    for a0, a1 in cells:  # pass 1, the own block in two column tiles
+        mid = (a0 + a1) // 2
+        for lo, hi_ in ((a0, mid), (mid, a1)):
+            block = np.ascontiguousarray(sims[a0:a1, lo:hi_])
+            knn_heaps._own_heaps(block, a0, np.arange(lo, hi_), ids, hs, hi)
+            for r in range(a1 - a0):
+                offers[a0 + r] += [(block[r, c], ids[lo + c]) for c in range(hi_ - lo) if lo + c != a0 + r]
+    owned = np.ones(n, dtype=np.bool_)
+    for (a0, a1), (b0, b1) in (((0, 30), (55, 90)), ((30, 55), (0, 30))):  # pass 2, both sides
+        cols = rng.permutation(np.arange(b0, b1))
+        block = np.ascontiguousarray(sims[a0:a1][:, cols])
+        knn_heaps._update_heaps(block, a0, cols, ids, hs, hi, True, owned)
+        for r in range(a1 - a0):
+            for c, p in enumerate(cols):
+                offers[a0 + r].append((block[r, c], ids[p]))
+                offers[p].append((block[r, c], ids[a0 + r]))
+    out_ids = np.empty((n, k), dtype=np.int64)
+    out_cos = np.empty((n, k), dtype=np.float32)
+    knn_heaps._lists_from_heaps(np.arange(n), hs, hi, out_ids, out_cos)
+    for p in range(n):
+        want = _best_k(offers[p], k)
+        assert out_ids[p].tolist() == [j for _, j in want], p
+        np.testing.assert_array_equal(out_cos[p], np.array([s for s, _ in want], dtype=np.float32))
+
+
+@pytest.mark.parametrize("shape", ["random", "sorted", "reversed", "organ", "few"])
+def test_quickselect_finds_every_rank(shape):
+    from prune_core import knn_heaps
+
+    rng = np.random.default_rng(3)
+    base = {"random": rng.permutation(300), "sorted": np.arange(300), "reversed": np.arange(300)[::-1],
+            "organ": np.r_[np.arange(0, 300, 2), np.arange(299, 0, -2)], "few": np.array([5, 2])}[shape]
+    keys = base.astype(np.uint64) * np.uint64(2**33) + np.uint64(7)
+    for target in range(len(keys)):
+        work = keys.copy()
+        got = knn_heaps._kth_smallest(work, len(work), target)
+        assert got == np.sort(keys)[target]
+        assert (work[:target] < got).all() and (work[target:] >= got).all()  # the k largest lie above
