@@ -21,7 +21,10 @@ For every configuration (dataset, N, D) it reports, all measured in the same run
 - speed-up = dense time / (graph + selection time), per mode, in wall-clock time, and in
   CPU time of the process (all its threads; the dense loop's from its one-BLAS-thread
   runs), which depends less on how busy the machine's other processes keep the cores;
-- timings are the best of --repeats runs (3; once above 200k) on both sides;
+- timings are the best of --repeats runs (3; once above 200k) on both sides; before a
+  configuration timed once, --warm-memory times its embeddings' size of memory is touched
+  and freed (a fresh VM backs memory on first touch, seconds per GB; the time it took is
+  printed in the table's load column);
 - parity: for N <= --parity-max-n the official mode on the exact, untruncated tau-graph
   (k=None, same tau) is compared with the dense reference's picks, over the whole
   selection up to --dense-full-n, else over the first --parity-steps picks: "fp32" with
@@ -191,6 +194,34 @@ def _vm(key: str) -> int:
     return 0
 
 
+def _touch_memory(nbytes: float) -> dict:
+    """Allocate and touch `nbytes` once, free it, and reset the peak RSS (VmHWM).
+
+    A fresh VM (firecracker here) backs guest memory on the host only when the guest first
+    touches it: the first 2 GB touched cost 6.2 s on the AMD machine of docs/benchmarks.md,
+    the next allocation of 2 GB 0.29 s. A configuration timed once (above --repeat-max-n)
+    would carry that one-time cost in whichever stage first reaches new memory, so the
+    memory it will need is touched first; the time this took is reported beside it
+    (`memory_warm_seconds`) and the peak RSS is reset so that it is not counted."""
+    started = time.perf_counter()
+    chunk = 1 << 28
+    held = []
+    done = 0
+    while done < nbytes:
+        block = np.empty(min(chunk, int(nbytes - done)) // 4, dtype=np.float32)
+        block.fill(1.0)
+        held.append(block)
+        done += block.nbytes
+    del held
+    seconds = time.perf_counter() - started
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # resets VmHWM to the current RSS (Linux >= 4.0)
+    except OSError:
+        pass
+    return {"memory_warm_gib": done / 2**30, "memory_warm_seconds": seconds}
+
+
 def _warm_numba():
     """Load (or compile once) the numba kernels with the dtypes the timed calls use."""
     from prune_core.graph import build_graph
@@ -354,6 +385,8 @@ def worker_main(spec: dict) -> dict:
            "load_start": os.getloadavg()[0]}
     budget = max(1, int(round(spec["keep"] * n)))
     repeats = spec["repeats"] if n <= spec["repeat_max_n"] else 1
+    if repeats == 1:
+        out.update(_touch_memory(spec["warm_memory"] * x.nbytes))
     graph_times, graph_cpu, knn_stats = [], [], []
     for _ in range(repeats):
         g = ids = None  # free the previous repetition's graph first
@@ -527,7 +560,8 @@ def configurations(args) -> list[dict]:
     base = dict(k=args.k, keep=args.keep, target_neighbours=args.target_neighbours,
                 dense_steps=args.dense_steps, dense_full_n=args.dense_full_n,
                 parity_max_n=args.parity_max_n, parity_steps=args.parity_steps, queries=args.queries,
-                repeats=args.repeats, repeat_max_n=args.repeat_max_n, ivf_max_n=args.ivf_max_n)
+                repeats=args.repeats, repeat_max_n=args.repeat_max_n, ivf_max_n=args.ivf_max_n,
+                warm_memory=args.warm_memory)
     out = []
     for d in args.dims:
         for n in args.sizes:
@@ -561,7 +595,8 @@ def row(spec: dict, res: dict) -> dict:
              components=main.get("sel_exact_components", 1), rounds=main.get("sel_exact_rounds", 0),
              computed=main.get("sel_exact_computed", 1.0),
              exact_one_heap_s=main.get("sel_exact_one_heap_seconds"),
-             evals_one_heap=main.get("sel_exact_one_heap_evaluations_per_pick"))
+             evals_one_heap=main.get("sel_exact_one_heap_evaluations_per_pick"),
+             memory_warm=(main["memory_warm_gib"], main["memory_warm_seconds"]) if "memory_warm_gib" in main else None)
     if "knn_flops" in main:
         r.update(knn_gflops=main["knn_flops"] / 1e9 / main["knn_search_seconds"],
                  knn_search_s=main["knn_search_seconds"], cells_s=main["knn_cells_seconds"],
@@ -654,6 +689,8 @@ def table(rows: list[dict], peak: dict | None = None) -> str:
         parity = (f"fp32 {r['parity_fp32']}/{r['parity_steps']}, fp64 dots {r['parity_fp64']}/{r['parity_steps']}"
                   + (" (whole selection)" if r.get("parity_whole") else "")) if "parity_fp32" in r else "-"
         knn = (f"{r['knn_official_match']}/{r['dense_steps']}" if dense else "-")
+        warm = (f" (first touched {r['memory_warm'][0]:.1f} GiB in {r['memory_warm'][1]:.1f} s)"
+                if r.get("memory_warm") else "")
         if "knn_gflops" in r:
             search = f"{r['knn_search_s']:.2f} ({r['cells_s']:.2f}), {r['knn_workers']}+{r.get('knn_mergers', 1)}"
             share = f" ({r['knn_gflops'] / peak['sgemm_all']:.0%})" if peak else ""
@@ -661,7 +698,7 @@ def table(rows: list[dict], peak: dict | None = None) -> str:
         else:
             search = gflops = "-"
         lines.append(
-            f"| {r['config']} | {r['load'][0]:.1f}-{r['load'][1]:.1f} | {r['backend']} | {r['graph_s']:.2f} | "
+            f"| {r['config']} | {r['load'][0]:.1f}-{r['load'][1]:.1f}{warm} | {r['backend']} | {r['graph_s']:.2f} | "
             f"{search} | {gflops} | {r['recall']:.4f} ({r['edge_recall']:.4f}) | "
             f"{r['exact_s']:.2f} | {r['evals_exact']:.1f} | {r['components']}, {r['rounds']}, {r['computed']:.2f} | "
             + (f"{r['exact_one_heap_s']:.2f} ({r['evals_one_heap']:.1f}) | " if r.get("exact_one_heap_s") is not None
@@ -785,6 +822,9 @@ def main(argv=None) -> int:
     ap.add_argument("--queries", type=int, default=1000, help="queries for recall@k")
     ap.add_argument("--ivf-max-n", type=int, default=200_000,
                     help="compare the blocked kNN search with faiss IVF up to this N")
+    ap.add_argument("--warm-memory", type=float, default=3.0,
+                    help="configurations timed once: touch this many times the embeddings' size "
+                         "of memory before timing (0: off; see _touch_memory)")
     ap.add_argument("--timeout", type=float, default=1800, help="seconds per worker")
     ap.add_argument("--json", help="also write the rows to this JSON file")
     ap.add_argument("--busy", type=int, default=0,
