@@ -2,7 +2,9 @@
 
 Used by the exact mode's selection by component (`prune4rel.greedy_neighbourhood_confidence`):
 `_component_labels` groups the examples no pick can couple (a union-find over the CSR
-pattern), `_balanced_work` assigns components to numba threads by their cost (LPT).
+pattern), `_balanced_work` assigns components to numba threads by their cost (LPT),
+`component_order` and `_rows_in_order` rename the examples so that each component's rows
+lie together in memory.
 """
 
 from __future__ import annotations
@@ -82,3 +84,39 @@ def _balanced_work(cost: np.ndarray, workers: int) -> tuple[np.ndarray, np.ndarr
     work_ptr = np.zeros(workers + 1, dtype=np.int64)
     np.cumsum(np.bincount(owner, minlength=workers), out=work_ptr[1:])
     return work, work_ptr
+
+
+@numba.njit(cache=True, parallel=True)
+def _rows_in_order(perm, indptr, indices, weights):
+    """The (N, N) CSR with example perm[p] renamed p: (indptr (N+1,) int64, indices, weights).
+
+    Row p is row perm[p] with each column v renamed inv[v] (inv: the inverse of perm), its
+    entries kept in their stored order, so every sum over a row adds the same terms in
+    the same order as before (same bits). Dtypes are kept."""
+    n = perm.shape[0]
+    inv = np.empty(n, dtype=indices.dtype)
+    for p in numba.prange(n):
+        inv[perm[p]] = p
+    new_indptr = np.zeros(n + 1, dtype=np.int64)
+    for p in range(n):
+        new_indptr[p + 1] = new_indptr[p] + (indptr[perm[p] + 1] - indptr[perm[p]])
+    new_indices = np.empty(indices.shape[0], dtype=indices.dtype)
+    new_weights = np.empty(weights.shape[0], dtype=weights.dtype)
+    for p in numba.prange(n):
+        src = indptr[perm[p]]
+        dst = new_indptr[p]
+        for q in range(new_indptr[p + 1] - dst):
+            new_indices[dst + q] = inv[indices[src + q]]
+            new_weights[dst + q] = weights[src + q]
+    return new_indptr, new_indices, new_weights
+
+
+def component_order(labels: np.ndarray) -> np.ndarray | None:
+    """(N,) int64 new -> old order grouping examples by component label, each group in
+    increasing index order (a stable sort), or None when labels are sorted already.
+
+    Within a component the renamed examples keep their relative order, so "ties go to the
+    lowest index" picks the same example under either name."""
+    if labels.shape[0] < 2 or bool(np.all(labels[1:] >= labels[:-1])):
+        return None
+    return np.argsort(labels, kind="stable").astype(np.int64)

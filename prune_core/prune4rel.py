@@ -31,7 +31,7 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from .components import _balanced_work, _component_labels
+from .components import _balanced_work, _component_labels, _rows_in_order, component_order
 from .errors import InputError, check_cancel
 from .scores import confidence as confidence_of
 from .registry import MethodOutput, class_target_sequence, register_method
@@ -372,7 +372,7 @@ def _sift_down_heads(key, ids, comp, m, pos):
 @numba.njit(cache=True)
 def _merge_components(t_start, t_end, head_key, head_id, head_comp, n_heads, head, indptr, indices,
                       weights, conf, inv_eta, exact, hg, hi, off, size, cover, m1, ebase, evaluations,
-                      produced, seq_picks, seq_gains, seq_scores, picks, gains, scores, extended):
+                      produced, seq_picks, seq_gains, seq_scores, picks, gains, scores, extended, name):
     """Global picks t_start..t_end-1: a lazy greedy over the components' heads.
 
     A head is either a component's next computed pick (key: its score, id: the pick) or,
@@ -381,6 +381,8 @@ def _merge_components(t_start, t_end, head_key, head_id, head_comp, n_heads, hea
     key: ties keep going to the lower index). The best head is taken when real; a bound is
     resolved by computing that component's next pick (counted in extended (1,)). n_heads
     (1,) is the heads' heap size, head[c] the next unread place of component c's sequence.
+    The state may name examples in component order: name (N,) maps them to the caller's
+    indices, which head ids and picks hold (ties between components go by those).
     """
     for t in range(t_start, t_end):
         while head_id[0] < 0:
@@ -391,17 +393,17 @@ def _merge_components(t_start, t_end, head_key, head_id, head_comp, n_heads, hea
             seq_picks[q], seq_gains[q], seq_scores[q] = x, gain, g
             produced[c] += 1
             extended[0] += 1
-            head_key[0], head_id[0] = g, x
+            head_key[0], head_id[0] = g, name[x]
             _sift_down_heads(head_key, head_id, head_comp, n_heads[0], 0)
         c = head_comp[0]
         q = off[c] + head[c]
-        picks[t] = seq_picks[q]
+        picks[t] = name[seq_picks[q]]
         gains[t] = seq_gains[q]
         scores[t] = seq_scores[q]
         head[c] += 1
         if head[c] < produced[c]:
             q = off[c] + head[c]
-            head_key[0], head_id[0] = seq_scores[q], seq_picks[q]
+            head_key[0], head_id[0] = seq_scores[q], name[seq_picks[q]]
         elif size[c] > 0:
             head_key[0], head_id[0] = hg[off[c]], -1
         else:  # the component is used up: its place goes to the last head
@@ -526,6 +528,20 @@ def greedy_neighbourhood_confidence(
         else:
             n_components = 1
     by_component = heap_class is not None
+    caller_graph = (indptr, indices, weights, conf)
+    name = None
+    if by_component:
+        # Rename the examples component by component: a component's rows, covers and keys
+        # then lie together in memory instead of scattered over the whole CSR (its lazy
+        # greedy re-reads them tens of times per pick on overlapping neighbourhoods).
+        # Same picks: renaming keeps the order inside a component, rows keep their entry
+        # order, and the merge breaks ties between components by the caller's indices.
+        name = component_order(heap_class)
+        if name is not None:
+            indptr, indices, weights = _rows_in_order(name, indptr, indices, weights)
+            conf, heap_class = conf[name], heap_class[name]
+        else:
+            name = np.arange(n, dtype=np.int64)
     if heap_class is None:
         heap_class = np.zeros(n, dtype=np.int64) if seq is None else np.asarray(labels, dtype=np.int64)
     if seq is None:
@@ -551,9 +567,10 @@ def greedy_neighbourhood_confidence(
     state = (indptr, indices, weights, conf, inv_eta, exact, hg, hi, off, size, cover, m1, ebase)
     if by_component:
         evaluations, computed, rounds, merged_late = _select_by_component(
-            budget, state, picks, gains, scores, mode, progress, cancel)
+            budget, state, picks, gains, scores, mode, progress, cancel, name)
+        state = indptr = indices = weights = m1 = None  # the renamed copies
         cover[:] = 0.0  # the components' runs went past the budget: C of the picks alone
-        _cover_of(picks, indptr, indices, weights, conf, cover)
+        _cover_of(picks, *caller_graph, cover)
     else:
         evaluations = np.zeros(1, dtype=np.int64)
         computed, rounds, merged_late = budget, 0, 0
@@ -573,10 +590,12 @@ def greedy_neighbourhood_confidence(
     return picks, gains, scores, cover
 
 
-def _select_by_component(budget, state, picks, gains, scores, mode, progress, cancel):
+def _select_by_component(budget, state, picks, gains, scores, mode, progress, cancel, name):
     """The global greedy's first `budget` picks from per-component lazy greedy runs (see
     `greedy_neighbourhood_confidence`, components). Returns (evaluations (n_components,)
     int64, picks computed in all, parallel rounds, picks the merge computed one at a time).
+    state may name examples in component order; name (N,) int64 maps them to the caller's
+    indices (picks are written in those).
 
     Rounds, each on all numba threads: every component picks while its refreshed top
     scores at least theta, so after a round the computed picks are exactly the global
@@ -643,7 +662,8 @@ def _select_by_component(budget, state, picks, gains, scores, mode, progress, ca
     live = np.flatnonzero((produced > 0) | (size > 0))
     has = produced[live] > 0
     head_key[: len(live)] = np.where(has, seq_scores[off[live]], hg[off[live]])
-    head_id[: len(live)] = np.where(has, seq_picks[off[live]], -1)
+    first = np.where(has, seq_picks[off[live]], 0)  # where nothing was produced: unset memory
+    head_id[: len(live)] = np.where(has, name[first], -1)
     heap_order = np.lexsort((head_id[: len(live)], -head_key[: len(live)]))  # a valid max-heap
     head_key[: len(live)] = head_key[heap_order]
     head_id[: len(live)] = head_id[heap_order]
@@ -659,7 +679,7 @@ def _select_by_component(budget, state, picks, gains, scores, mode, progress, ca
         _merge_components(start, end, head_key, head_id, head_comp, n_heads, head, indptr, indices,
                           weights, conf, inv_eta, exact, hg, hi, off, size, cover, m1, ebase,
                           evaluations, produced, seq_picks, seq_gains, seq_scores, picks, gains, scores,
-                          extended)
+                          extended, name)
         if progress and (end / budget > reported or end == budget):  # never below the rounds' report
             reported = max(reported, end / budget)
             progress(reported, f"prune4rel {mode}: {end}/{budget} picked ({n_comp} components)", {})

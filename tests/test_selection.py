@@ -376,3 +376,43 @@ def test_fused_edge_factors_and_initial_keys_equal_the_separate_kernels_bit_for_
         ref_keys = initial_keys(indptr, indices, conf, 1.0 / eta, True, ref_m1, np.ones(n))
         np.testing.assert_array_equal(m1, ref_m1)
         np.testing.assert_array_equal(keys, ref_keys)
+
+
+def test_rows_in_order_renames_examples_and_keeps_each_rows_entry_order():
+    from prune_core.components import _rows_in_order
+
+    g, _ = clustered_components(1)
+    n = g.shape[0]
+    perm = np.random.default_rng(3).permutation(n).astype(np.int64)
+    indptr, indices, weights = _rows_in_order(perm, g.indptr.astype(np.int64), g.indices, g.data)
+    renamed = sp.csr_matrix((weights, indices, indptr), shape=(n, n))
+    assert indices.dtype == g.indices.dtype and weights.dtype == g.data.dtype
+    assert (renamed != g[perm][:, perm]).nnz == 0
+    inv = np.argsort(perm)
+    for p in range(n):  # same entries in the same stored order: row sums keep their bits
+        row = slice(g.indptr[perm[p]], g.indptr[perm[p] + 1])
+        np.testing.assert_array_equal(indices[indptr[p]:indptr[p + 1]], inv[g.indices[row]])
+        np.testing.assert_array_equal(weights[indptr[p]:indptr[p + 1]], g.data[row])
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_selection_by_component_on_interleaved_components_equals_one_heap(seed):
+    """Components whose examples are interleaved (shuffled rows), so the selection renames
+    them into component order; ties (equal confidences, duplicated points) must still go
+    to the lowest of the caller's indices, across components as well."""
+    from prune_core.components import component_order
+    from prune_core.prune4rel import _component_labels
+
+    rng = np.random.default_rng(seed)
+    g, conf = clustered_components(seed)
+    z = np.repeat(rng.normal(size=(30, 4)) * 5, 3, axis=0)
+    tied = pc.build_graph(z, k=None, tau=0.9, allow_empty=True)
+    for graph, c in ((g, conf), (tied, np.full(tied.shape[0], 0.7))):
+        n = graph.shape[0]
+        perm = rng.permutation(n)
+        graph, c = graph[perm][:, perm].tocsr(), c[perm]
+        _, labels = _component_labels(graph.indptr.astype(np.int64), graph.indices, n)
+        assert component_order(labels) is not None  # the renaming path runs
+        for mode in ("exact", "official"):
+            for budget in (1, n // 7, n // 2, n - 1):
+                assert_components_equal_one_heap(graph, c, budget, 1.0, mode)
