@@ -229,6 +229,50 @@ def _sort_merge_rows(ptr, cols, vals, lengths):
 
 
 @numba.njit(parallel=True, cache=True)
+def _sort_merge_knn_rows(ptr, own, cols, vals, lengths):
+    """`_sort_merge_rows` for rows `_knn_fill_parallel` filled: the diagonal and row i's
+    own[i] list entries first (in list order), then the reverse entries, already in
+    increasing column order (chunks of rows in order, each row after row). Only the head
+    is sorted (insertion sort, at most k + 1 entries), then merged with the tail in place
+    (max on duplicates): the same rows, bit for bit, as `_sort_merge_rows` without its argsort of every
+    row longer than 48 entries (tight clusters: ~100 per row)."""
+    n = ptr.shape[0] - 1
+    for i in numba.prange(n):
+        a, b = ptr[i], ptr[i + 1]
+        h = 1 + own[i]
+        head_c = cols[a : a + h].copy()
+        head_v = vals[a : a + h].copy()
+        for t in range(1, h):
+            c, v = head_c[t], head_v[t]
+            u = t - 1
+            while u >= 0 and head_c[u] > c:
+                head_c[u + 1] = head_c[u]
+                head_v[u + 1] = head_v[u]
+                u -= 1
+            head_c[u + 1] = c
+            head_v[u + 1] = v
+        # Merge the two sorted runs; equal columns (both directions, or a list naming a
+        # column twice) end up adjacent and keep the max. The write position never passes
+        # the tail's read position.
+        o, p, q = a, 0, a + h
+        while p < h or q < b:
+            if q >= b or (p < h and head_c[p] <= cols[q]):
+                c, v = head_c[p], head_v[p]
+                p += 1
+            else:
+                c, v = cols[q], vals[q]
+                q += 1
+            if o > a and cols[o - 1] == c:
+                if v > vals[o - 1]:
+                    vals[o - 1] = v
+            else:
+                cols[o] = c
+                vals[o] = v
+                o += 1
+        lengths[i] = o - a
+
+
+@numba.njit(parallel=True, cache=True)
 def _compact(ptr, cols, vals, new_ptr, out_cols, out_vals):
     n = ptr.shape[0] - 1
     for i in numba.prange(n):
@@ -254,11 +298,16 @@ def _assemble(n: int, deg: np.ndarray, fill_fn) -> sp.csr_matrix:
     return _finish_csr(n, ptr, cols, vals)
 
 
-def _finish_csr(n: int, ptr: np.ndarray, cols: np.ndarray, vals: np.ndarray) -> sp.csr_matrix:
-    """Rows filled (diagonal and both directions of every edge, any order) -> the CSR:
-    columns sorted, duplicates merged by max, int32 indices where they fit."""
+def _finish_csr(n: int, ptr: np.ndarray, cols: np.ndarray, vals: np.ndarray,
+                own: np.ndarray | None = None) -> sp.csr_matrix:
+    """Rows filled (diagonal and both directions of every edge, any order; or, with own
+    (N,), laid out as `_knn_fill_parallel` fills them) -> the CSR: columns sorted,
+    duplicates merged by max, int32 indices where they fit."""
     lengths = np.empty(n, dtype=np.int64)
-    _sort_merge_rows(ptr, cols, vals, lengths)
+    if own is None:
+        _sort_merge_rows(ptr, cols, vals, lengths)
+    else:
+        _sort_merge_knn_rows(ptr, own, cols, vals, lengths)
     new_ptr = np.zeros(n + 1, dtype=np.int64)
     np.cumsum(lengths, out=new_ptr[1:])
     nnz = int(new_ptr[-1])
@@ -297,12 +346,11 @@ def _csr_from_knn(ids: np.ndarray, sim: np.ndarray, tau: float, n: int,
     ptr = np.zeros(n + 1, dtype=np.int64)
     np.cumsum(own + cursors.sum(axis=0) + 1, out=ptr[1:])
     _knn_cursors(ptr, own, cursors)
-    del own
     cols = np.empty(ptr[-1], dtype=np.int32)
     vals = np.empty(ptr[-1], dtype=np.float32)
     _knn_fill_parallel(ids, sim, tau32, chunk_rows, ptr, cursors, cols, vals)
     del cursors
-    return _finish_csr(n, ptr, cols, vals)
+    return _finish_csr(n, ptr, cols, vals, own)
 
 
 def _csr_from_pairs(rows: np.ndarray, cols: np.ndarray, vals: np.ndarray, n: int) -> sp.csr_matrix:

@@ -473,3 +473,23 @@ def test_quickselect_finds_every_rank(shape):
         got = knn_heaps._kth_smallest(work, len(work), target)
         assert got == np.sort(keys)[target]
         assert (work[:target] < got).all() and (work[target:] >= got).all()  # the k largest lie above
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_knn_rows_merge_equals_the_generic_row_sort(seed):
+    """`_csr_from_knn`'s head-sort-and-merge of each row gives the generic sort's rows (any
+    fill order) bit for bit: long lists, repeats, mutual pairs, -1 padding, equal weights."""
+    rng = np.random.default_rng(seed)
+    n, k = 150, 60
+    ids = rng.integers(-1, n, size=(n, k))
+    ids[:, :20] = rng.integers(0, 12, size=(n, 20))  # rows 0..11 get hundreds of entries
+    sim = rng.choice(np.float32([0.5, 0.91, 0.93, 0.97, 0.99]), size=(n, k)).astype(np.float32)
+    sim[rng.random((n, k)) < 0.3] = rng.uniform(0.9, 1.0, 1).astype(np.float32)
+    for chunks in (1, 3):
+        g = graph_mod._csr_from_knn(ids, sim, 0.9, n, chunks=chunks)
+        keep = (ids >= 0) & (ids != np.arange(n)[:, None]) & (sim > np.float32(0.9))
+        rows, cols = np.nonzero(keep)
+        generic = graph_mod._csr_from_pairs(rows, ids[rows, cols], sim[rows, cols], n)
+        np.testing.assert_array_equal(g.indptr, generic.indptr)
+        np.testing.assert_array_equal(g.indices, generic.indices)
+        np.testing.assert_array_equal(g.data, generic.data)
