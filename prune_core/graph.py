@@ -188,6 +188,33 @@ def _pairs_fill(rows, cols_in, vals_in, fill, cols, vals):
         fill[j] += 1
 
 
+@numba.njit(cache=True, inline="always")
+def _insertion_sort_by_column(cols, vals, a, b):
+    """Sort cols[a:b] ascending in place (stable), moving vals along."""
+    for t in range(a + 1, b):
+        c, v = cols[t], vals[t]
+        u = t - 1
+        while u >= a and cols[u] > c:
+            cols[u + 1] = cols[u]
+            vals[u + 1] = vals[u]
+            u -= 1
+        cols[u + 1] = c
+        vals[u + 1] = v
+
+
+@numba.njit(cache=True, inline="always")
+def _append_or_max(cols, vals, a, o, c, v):
+    """Append (c, v) at o of the row starting at a, or keep the max weight when c equals the
+    last column written (entries arrive in column order); returns the next write position."""
+    if o > a and cols[o - 1] == c:
+        if v > vals[o - 1]:
+            vals[o - 1] = v
+        return o
+    cols[o] = c
+    vals[o] = v
+    return o + 1
+
+
 @numba.njit(parallel=True, cache=True)
 def _sort_merge_rows(ptr, cols, vals, lengths):
     """Sort each row segment by column, keep the max weight of duplicates (compact in place).
@@ -201,31 +228,17 @@ def _sort_merge_rows(ptr, cols, vals, lengths):
             lengths[i] = 0
             continue
         if b - a <= 48:
-            for t in range(a + 1, b):
-                c, v = cols[t], vals[t]
-                u = t - 1
-                while u >= a and cols[u] > c:
-                    cols[u + 1] = cols[u]
-                    vals[u + 1] = vals[u]
-                    u -= 1
-                cols[u + 1] = c
-                vals[u + 1] = v
+            _insertion_sort_by_column(cols, vals, a, b)
             c_sorted = cols[a:b]
             v_sorted = vals[a:b]
         else:
             order = np.argsort(cols[a:b], kind="mergesort")
             c_sorted = cols[a:b][order]
             v_sorted = vals[a:b][order]
-        m = 0
+        o = a  # never past t: the write trails the read
         for t in range(b - a):
-            if m > 0 and c_sorted[t] == cols[a + m - 1]:
-                if v_sorted[t] > vals[a + m - 1]:
-                    vals[a + m - 1] = v_sorted[t]
-            else:
-                cols[a + m] = c_sorted[t]
-                vals[a + m] = v_sorted[t]
-                m += 1
-        lengths[i] = m
+            o = _append_or_max(cols, vals, a, o, c_sorted[t], v_sorted[t])
+        lengths[i] = o - a
 
 
 @numba.njit(parallel=True, cache=True)
@@ -243,15 +256,7 @@ def _sort_merge_knn_rows(ptr, own, cols, vals, lengths):
         h = 1 + own[i]
         head_c = cols[a : a + h].copy()
         head_v = vals[a : a + h].copy()
-        for t in range(1, h):
-            c, v = head_c[t], head_v[t]
-            u = t - 1
-            while u >= 0 and head_c[u] > c:
-                head_c[u + 1] = head_c[u]
-                head_v[u + 1] = head_v[u]
-                u -= 1
-            head_c[u + 1] = c
-            head_v[u + 1] = v
+        _insertion_sort_by_column(head_c, head_v, 0, h)
         # Merge the two sorted runs; equal columns (both directions, or a list naming a
         # column twice) end up adjacent and keep the max. The write position never passes
         # the tail's read position.
@@ -263,13 +268,7 @@ def _sort_merge_knn_rows(ptr, own, cols, vals, lengths):
             else:
                 c, v = cols[q], vals[q]
                 q += 1
-            if o > a and cols[o - 1] == c:
-                if v > vals[o - 1]:
-                    vals[o - 1] = v
-            else:
-                cols[o] = c
-                vals[o] = v
-                o += 1
+            o = _append_or_max(cols, vals, a, o, c, v)
         lengths[i] = o - a
 
 
