@@ -237,6 +237,39 @@ def test_blocked_search_same_result_with_any_thread_counts(monkeypatch, search):
         np.testing.assert_array_equal(cos, results[0][1])
 
 
+def test_cells_are_numbered_in_coarse_group_order_whatever_order_the_kmeans_finish(monkeypatch):
+    """make_cells runs the coarse groups' k-means largest first on several threads; the
+    cells must still be numbered group by group (and so not depend on the thread count)."""
+    import math
+
+    rng = np.random.default_rng(4)
+    # Uneven coarse groups: one dense blob of half the points beside many small ones.
+    centres = rng.standard_normal((12, 40))
+    sizes = [1800] + [160] * 11
+    z = np.concatenate([c + 0.3 * rng.standard_normal((m, 40)) for c, m in zip(centres, sizes)])
+    u = normalize_embeddings(z.astype(np.float32))
+    results = []
+    for workers in (1, 3):
+        monkeypatch.setattr(knn_mod, "_BLOCK_WORKERS", workers)
+        results.append(knn_mod.make_cells(u, cell_size=40, nprobe=4, seed=5))
+    for a, b in zip(*results):
+        np.testing.assert_array_equal(a, b)
+    order, offsets = results[0][0], results[0][1]
+    nlist = round(len(u) / 40)
+    with knn_mod._single_thread_blas(None):
+        y = knn_mod._cell_space(u, knn_mod.CELL_SPACE_DIM, 5)
+        coarse, _ = knn_mod._kmeans(y, round(math.sqrt(nlist)), 5, 256)
+    group_of_cell = []
+    for c in range(len(offsets) - 1):
+        groups = np.unique(coarse[order[offsets[c] : offsets[c + 1]]])
+        assert len(groups) == 1  # a cell lies inside one coarse group
+        group_of_cell.append(groups[0])
+    assert np.all(np.diff(group_of_cell) >= 0)
+    counts = np.bincount(coarse)
+    assert counts.max() > 1.5 * np.median(counts)  # uneven groups: largest first is not group order
+    assert np.argmax(counts) != 0
+
+
 def test_auto_search_picks_blocked_above_the_exact_limit(monkeypatch):
     monkeypatch.setattr(knn_mod, "_faiss_gpu_available", lambda: False)
     monkeypatch.setattr(knn_mod, "_torch_cuda_available", lambda: False)
