@@ -402,7 +402,8 @@ def worker_main(spec: dict) -> dict:
         st = knn_stats[best]
         out.update(knn_flops=st["flops"], knn_search_seconds=st["search_seconds"],
                    knn_cells_seconds=st["cells_seconds"], knn_workers=st["workers"],
-                   knn_mergers=st.get("mergers", 1))
+                   knn_mergers=st.get("mergers", 1), knn_pairs=st.get("pairs"),
+                   knn_pairs_skipped=st.get("pairs_skipped", 0))
     out["graph_seconds"] = min(graph_times)
     out["graph_seconds_all"] = graph_times
     out["graph_cpu_seconds"] = min(graph_cpu)
@@ -600,7 +601,8 @@ def row(spec: dict, res: dict) -> dict:
     if "knn_flops" in main:
         r.update(knn_gflops=main["knn_flops"] / 1e9 / main["knn_search_seconds"],
                  knn_search_s=main["knn_search_seconds"], cells_s=main["knn_cells_seconds"],
-                 knn_workers=main["knn_workers"], knn_mergers=main.get("knn_mergers", 1))
+                 knn_workers=main["knn_workers"], knn_mergers=main.get("knn_mergers", 1),
+                 knn_pairs=main.get("knn_pairs"), knn_pairs_skipped=main.get("knn_pairs_skipped", 0))
     if "knn" in main:
         r["knn"] = main["knn"]
     if "error" in dense:

@@ -363,6 +363,65 @@ def make_cells(z: np.ndarray, cell_size: int = CELL_SIZE, nprobe: int = CELL_PRO
     return order, offsets, partner_ptr, hi.astype(np.int64)
 
 
+# A pair of cells is skipped when the bound on its similarities lies this far below every
+# heap floor on both sides: fp32 products of D <= a few thousand unit rows err by at most
+# about D x 6e-8 (3e-5 at D = 512), so no product that could enter a heap is ever skipped.
+_BOUND_MARGIN = 1e-3
+
+
+@numba.njit(cache=True, parallel=True)
+def _cell_balls(zs, offsets):
+    """The smallest-angle cap around each cell's mean direction that holds its rows.
+
+    zs (N, D) rows in cell order (cell c: rows offsets[c]:offsets[c+1]). Returns (centres
+    (nlist, D) float64 unit mean directions, radius (nlist,) float64: the largest angle in
+    radians between a row and its cell's centre, computed in float64 from each row's own
+    norm; pi where a cell has a zero row or a zero mean, so that no bound holds there).
+    """
+    nlist = offsets.shape[0] - 1
+    d = zs.shape[1]
+    centres = np.zeros((nlist, d))
+    radius = np.zeros(nlist)
+    for c in numba.prange(nlist):
+        for i in range(offsets[c], offsets[c + 1]):
+            for t in range(d):
+                centres[c, t] += zs[i, t]
+        norm = 0.0
+        for t in range(d):
+            norm += centres[c, t] * centres[c, t]
+        norm = np.sqrt(norm)
+        if not norm > 0.0:
+            radius[c] = np.pi
+            continue
+        for t in range(d):
+            centres[c, t] /= norm
+        worst = 1.0
+        for i in range(offsets[c], offsets[c + 1]):
+            dot = 0.0
+            sq = 0.0
+            for t in range(d):
+                v = np.float64(zs[i, t])
+                dot += v * centres[c, t]
+                sq += v * v
+            if not sq > 0.0:
+                worst = -1.0
+                break
+            worst = min(worst, dot / np.sqrt(sq))
+        radius[c] = np.arccos(max(-1.0, min(1.0, worst)))
+    return centres, radius
+
+
+def _partner_bounds(centres: np.ndarray, radius: np.ndarray, pptr: np.ndarray,
+                    partners: np.ndarray) -> np.ndarray:
+    """Upper bound on the cosine between any row of cell c and any row of its partner b,
+    per partner entry (len(partners),) float64: cos(max(0, angle(c, b) - r_c - r_b)), the
+    spherical triangle inequality (rows lie within r of their cell's centre)."""
+    owner = np.repeat(np.arange(len(pptr) - 1), np.diff(pptr))
+    cos_centres = np.einsum("ij,ij->i", centres[owner], centres[partners])
+    gap = np.arccos(np.clip(cos_centres, -1.0, 1.0)) - radius[owner] - radius[partners]
+    return np.cos(np.clip(gap, 0.0, np.pi))
+
+
 def _single_thread_blas(user_api: str | None = "blas"):
     """Context limiting BLAS (user_api=None: also OpenMP, i.e. faiss) to one thread.
 
@@ -421,9 +480,17 @@ def _blocked_heaps(z, k, cell_size, nprobe, seed, inplace, progress=None, cancel
     with other work stall badly on a 2-core machine shared with other processes (every
     barrier waits for a descheduled thread).
 
+    Pass 2 skips a partner cell b of cell c when the bound on their similarities
+    (`_partner_bounds`: each cell's rows lie in a cap around its mean direction) lies
+    `_BOUND_MARGIN` below the floor (k-th best) of every heap of c's rows and of b's: none of
+    their products could enter a heap, now or later (floors only rise), so the lists are
+    the same as without the bound. Neighbouring cells of other clusters are skipped that
+    way (tight 50k: see docs/benchmarks.md).
+
     stats: when a dict, filled with what the search cost: `cells_seconds` (clustering),
     `search_seconds` (products and merges; `own_seconds` of it the reordering and pass 1),
-    `pairs` (similarities computed), `flops`
+    `pairs` (similarities computed), `pairs_skipped` (pass-2 similarities the bound
+    skipped), `flops`
     (2 D pairs, the products' floating-point operations), `workers` (producer threads) and
     `mergers` (merger threads).
     """
@@ -452,24 +519,46 @@ def _blocked_heaps(z, k, cell_size, nprobe, seed, inplace, progress=None, cancel
     # partner cells (exhaustive: with all later rows), where both sides are updated. Tiles
     # are at most _TILE_ROWS x _TILE_COLUMNS, so memory stays bounded even for a huge cell
     # (e.g. thousands of duplicate points that k-means cannot split).
+    bounds = None if exhaustive else _partner_bounds(*_cell_balls(zs, offsets), pptr, partners)
     own_tasks = []  # per cell, its tiles: pass 1 touches only the cell's own heaps
     for c in range(nlist):
         a0, a1 = int(offsets[c]), int(offsets[c + 1])
         own_tasks.append([(r0, min(a1, r0 + _TILE_ROWS), lo, min(a1, lo + _TILE_COLUMNS))
                           for r0 in range(a0, a1, _TILE_ROWS) for lo in range(a0, a1, _TILE_COLUMNS)])
-    tasks = []
-    for c in range(nlist):
-        a0, a1 = int(offsets[c]), int(offsets[c + 1])
-        if exhaustive:
-            kind, first, total = "range", a1, n
-        elif pptr[c + 1] > pptr[c]:
-            others = partners[pptr[c] : pptr[c + 1]]
-            kind, first, total = "partners", 0, int((offsets[others + 1] - offsets[others]).sum())
-        else:
-            continue
-        for r0 in range(a0, a1, _TILE_ROWS):
-            for lo in range(first, total, _TILE_COLUMNS):
-                tasks.append((r0, min(a1, r0 + _TILE_ROWS), kind, lo, min(total, lo + _TILE_COLUMNS), c))
+
+    def pass2_tasks(pptr, partners):
+        tasks = []
+        for c in range(nlist):
+            a0, a1 = int(offsets[c]), int(offsets[c + 1])
+            if exhaustive:
+                kind, first, total = "range", a1, n
+            elif pptr[c + 1] > pptr[c]:
+                others = partners[pptr[c] : pptr[c + 1]]
+                kind, first, total = "partners", 0, int((offsets[others + 1] - offsets[others]).sum())
+            else:
+                continue
+            for r0 in range(a0, a1, _TILE_ROWS):
+                for lo in range(first, total, _TILE_COLUMNS):
+                    tasks.append((r0, min(a1, r0 + _TILE_ROWS), kind, lo, min(total, lo + _TILE_COLUMNS), c))
+        return tasks
+
+    def kept_partners():
+        """(pptr, partners) without the partner cells whose bound lies `_BOUND_MARGIN`
+        below the floor of every heap on both sides after pass 1. Deciding once, from the
+        floors pass 1 leaves (the same whatever the threads), keeps every block's columns,
+        hence every product's rounding, independent of timing."""
+        counts = np.diff(offsets)
+        floor = np.full(nlist, np.inf)
+        filled = counts > 0
+        floor[filled] = np.minimum.reduceat(hs[:, 0], offsets[:-1][filled])
+        owner = np.repeat(np.arange(nlist), np.diff(pptr))
+        keep = ~(bounds + _BOUND_MARGIN < np.minimum(floor[owner], floor[partners]))
+        kept_ptr = np.zeros(nlist + 1, dtype=np.int64)
+        np.cumsum(np.bincount(owner[keep], minlength=nlist), out=kept_ptr[1:])
+        return kept_ptr, partners[keep]
+
+    kept = (pptr, partners)
+    tasks = pass2_tasks(pptr, partners)  # before the bound: for the progress shares
 
     def own_cells(cells):
         for c in cells:
@@ -480,7 +569,7 @@ def _blocked_heaps(z, k, cell_size, nprobe, seed, inplace, progress=None, cancel
         r0, r1, kind, lo, hi_, c = task
         if kind == "range":
             return r0, np.arange(lo, hi_), zs[r0:r1] @ zs[lo:hi_].T, c
-        others = partners[pptr[c] : pptr[c + 1]]
+        others = kept[1][kept[0][c] : kept[0][c + 1]]
         cols = np.concatenate([np.arange(offsets[b], offsets[b + 1]) for b in others])[lo:hi_]
         return r0, cols, zs[r0:r1] @ zs[cols].T, c
 
@@ -570,6 +659,12 @@ def _blocked_heaps(z, k, cell_size, nprobe, seed, inplace, progress=None, cancel
                 for fut in futures:
                     fut.cancel()
         own_done = time.perf_counter()
+        planned = pairs - own_pairs
+        if bounds is not None:
+            kept = kept_partners()
+            tasks = pass2_tasks(*kept)
+            report = max(1, len(tasks) // 50)
+        skipped = planned - sum((t[1] - t[0]) * (t[4] - t[3]) for t in tasks)
         threads = [threading.Thread(target=produce, args=(w, workers), name=f"blocked-knn-{w}",
                                     daemon=True) for w in range(workers)]
         threads += [threading.Thread(target=merge_thread, args=(w,), name=f"blocked-knn-merge-{w}",
@@ -604,8 +699,10 @@ def _blocked_heaps(z, k, cell_size, nprobe, seed, inplace, progress=None, cancel
     if progress:
         progress(1.0, "kNN search (blocked)", {})
     if stats is not None:
+        computed = int(pairs - skipped)
         stats.update(cells_seconds=cells_done - started, search_seconds=time.perf_counter() - cells_done,
-                     pairs=int(pairs), flops=2.0 * zs.shape[1] * pairs, own_seconds=own_done - cells_done, workers=workers, mergers=mergers)
+                     pairs=computed, pairs_skipped=int(skipped), flops=2.0 * zs.shape[1] * computed,
+                     own_seconds=own_done - cells_done, workers=workers, mergers=mergers)
     return order, hs, hi
 
 

@@ -270,6 +270,40 @@ def test_cells_are_numbered_in_coarse_group_order_whatever_order_the_kmeans_fini
     assert np.argmax(counts) != 0
 
 
+def test_cell_bound_holds_and_skips_only_pairs_that_cannot_enter_a_heap(monkeypatch):
+    """Far-apart tight clusters: the cap bound must bound every true similarity between two
+    cells, pass 2 must skip most cross-cluster pairs, and the lists must still equal the
+    unbounded search's up to ties in the last bit."""
+    rng = np.random.default_rng(8)
+    centres = rng.standard_normal((30, 64))
+    z = np.concatenate([c + 0.05 * rng.standard_normal((100, 64)) for c in centres])
+    u = normalize_embeddings(z.astype(np.float32))
+    order, offsets, pptr, partners = knn_mod.make_cells(u, cell_size=25, nprobe=8, seed=1)
+    zs = u[order]
+    bounds = knn_mod._partner_bounds(*knn_mod._cell_balls(zs, offsets), pptr, partners)
+    for c in range(len(offsets) - 1):
+        for q in range(pptr[c], pptr[c + 1]):
+            b = partners[q]
+            true_max = (zs[offsets[c]:offsets[c + 1]].astype(np.float64)
+                        @ zs[offsets[b]:offsets[b + 1]].astype(np.float64).T).max()
+            assert true_max <= bounds[q] + 1e-9
+    monkeypatch.setattr(knn_mod, "EXACT_SEARCH_MAX_N", 10)
+    stats = {}
+    ids, cos, _ = knn_search(u, 10, search="blocked", cell_size=25, nprobe=8, seed=1, stats=stats)
+    assert stats["pairs_skipped"] > stats["pairs"] / 4
+    monkeypatch.setattr(knn_mod, "_BOUND_MARGIN", np.inf)  # nothing is ever skipped
+    stats_all = {}
+    ids_all, cos_all, _ = knn_search(u, 10, search="blocked", cell_size=25, nprobe=8, seed=1, stats=stats_all)
+    assert stats_all["pairs_skipped"] == 0
+    np.testing.assert_allclose(cos, cos_all, atol=1e-6)
+    kth = cos_all[:, -1:]
+    for r in range(len(u)):  # a neighbour may differ only where it ties with the k-th
+        diff = set(ids[r]) ^ set(ids_all[r])
+        assert all(abs(float(u[r] @ u[j]) - float(kth[r, 0])) < 1e-6 for j in diff)
+    bids, _ = brute_knn(u, 10)
+    assert np.mean([set(a) == set(b) for a, b in zip(ids, bids)]) > 0.99
+
+
 def test_auto_search_picks_blocked_above_the_exact_limit(monkeypatch):
     monkeypatch.setattr(knn_mod, "_faiss_gpu_available", lambda: False)
     monkeypatch.setattr(knn_mod, "_torch_cuda_available", lambda: False)
