@@ -411,15 +411,23 @@ def _cell_balls(zs, offsets):
     return centres, radius
 
 
-def _partner_bounds(centres: np.ndarray, radius: np.ndarray, pptr: np.ndarray,
-                    partners: np.ndarray) -> np.ndarray:
+@numba.njit(cache=True, parallel=True)
+def _partner_bounds(centres, radius, pptr, partners):
     """Upper bound on the cosine between any row of cell c and any row of its partner b,
     per partner entry (len(partners),) float64: cos(max(0, angle(c, b) - r_c - r_b)), the
-    spherical triangle inequality (rows lie within r of their cell's centre)."""
-    owner = np.repeat(np.arange(len(pptr) - 1), np.diff(pptr))
-    cos_centres = np.einsum("ij,ij->i", centres[owner], centres[partners])
-    gap = np.arccos(np.clip(cos_centres, -1.0, 1.0)) - radius[owner] - radius[partners]
-    return np.cos(np.clip(gap, 0.0, np.pi))
+    spherical triangle inequality (rows lie within r of their cell's centre). One loop, no
+    (partners, D) temporaries (those took 0.6 GB at 1M)."""
+    nlist = pptr.shape[0] - 1
+    out = np.empty(partners.shape[0])
+    for c in numba.prange(nlist):
+        for q in range(pptr[c], pptr[c + 1]):
+            b = partners[q]
+            dot = 0.0
+            for t in range(centres.shape[1]):
+                dot += centres[c, t] * centres[b, t]
+            gap = np.arccos(max(-1.0, min(1.0, dot))) - radius[c] - radius[b]
+            out[q] = np.cos(min(np.pi, max(0.0, gap)))
+    return out
 
 
 def _single_thread_blas(user_api: str | None = "blas"):
