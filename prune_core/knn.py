@@ -42,6 +42,7 @@ import numpy as np
 
 from .embeddings import _ROW_BLOCK
 from .errors import InputError, check_cancel
+from .knn_bounds import _cell_balls, _partner_bounds
 from .knn_heaps import _lists_from_heaps, _own_heaps, _update_heaps
 
 # Below this many examples the kNN search is exact (every pair; on the GPU when present).
@@ -369,67 +370,6 @@ def make_cells(z: np.ndarray, cell_size: int = CELL_SIZE, nprobe: int = CELL_PRO
 _BOUND_MARGIN = 1e-3
 
 
-@numba.njit(cache=True, parallel=True)
-def _cell_balls(zs, offsets):
-    """The smallest-angle cap around each cell's mean direction that holds its rows.
-
-    zs (N, D) rows in cell order (cell c: rows offsets[c]:offsets[c+1]). Returns (centres
-    (nlist, D) float64 unit mean directions, radius (nlist,) float64: the largest angle in
-    radians between a row and its cell's centre, computed in float64 from each row's own
-    norm; pi where a cell has a zero row or a zero mean, so that no bound holds there).
-    """
-    nlist = offsets.shape[0] - 1
-    d = zs.shape[1]
-    centres = np.zeros((nlist, d))
-    radius = np.zeros(nlist)
-    for c in numba.prange(nlist):
-        for i in range(offsets[c], offsets[c + 1]):
-            for t in range(d):
-                centres[c, t] += zs[i, t]
-        norm = 0.0
-        for t in range(d):
-            norm += centres[c, t] * centres[c, t]
-        norm = np.sqrt(norm)
-        if not norm > 0.0:
-            radius[c] = np.pi
-            continue
-        for t in range(d):
-            centres[c, t] /= norm
-        worst = 1.0
-        for i in range(offsets[c], offsets[c + 1]):
-            dot = 0.0
-            sq = 0.0
-            for t in range(d):
-                v = np.float64(zs[i, t])
-                dot += v * centres[c, t]
-                sq += v * v
-            if not sq > 0.0:
-                worst = -1.0
-                break
-            worst = min(worst, dot / np.sqrt(sq))
-        radius[c] = np.arccos(max(-1.0, min(1.0, worst)))
-    return centres, radius
-
-
-@numba.njit(cache=True, parallel=True)
-def _partner_bounds(centres, radius, pptr, partners):
-    """Upper bound on the cosine between any row of cell c and any row of its partner b,
-    per partner entry (len(partners),) float64: cos(max(0, angle(c, b) - r_c - r_b)), the
-    spherical triangle inequality (rows lie within r of their cell's centre). One loop, no
-    (partners, D) temporaries (those took 0.6 GB at 1M)."""
-    nlist = pptr.shape[0] - 1
-    out = np.empty(partners.shape[0])
-    for c in numba.prange(nlist):
-        for q in range(pptr[c], pptr[c + 1]):
-            b = partners[q]
-            dot = 0.0
-            for t in range(centres.shape[1]):
-                dot += centres[c, t] * centres[b, t]
-            gap = np.arccos(max(-1.0, min(1.0, dot))) - radius[c] - radius[b]
-            out[q] = np.cos(min(np.pi, max(0.0, gap)))
-    return out
-
-
 def _single_thread_blas(user_api: str | None = "blas"):
     """Context limiting BLAS (user_api=None: also OpenMP, i.e. faiss) to one thread.
 
@@ -491,9 +431,11 @@ def _blocked_heaps(z, k, cell_size, nprobe, seed, inplace, progress=None, cancel
     Pass 2 skips a partner cell b of cell c when the bound on their similarities
     (`_partner_bounds`: each cell's rows lie in a cap around its mean direction) lies
     `_BOUND_MARGIN` below the floor (k-th best) of every heap of c's rows and of b's: none of
-    their products could enter a heap, now or later (floors only rise), so the lists are
-    the same as without the bound. Neighbouring cells of other clusters are skipped that
-    way (tight 50k: see docs/benchmarks.md).
+    their products could enter a heap, now or later (floors only rise), so the lists hold
+    the same candidates as without the bound, except where two tie with the k-th to the
+    last bit (a block's products may round differently once its columns change).
+    Neighbouring cells of other clusters are skipped that way (tight 50k: 54% of the
+    pairs; see docs/benchmarks.md).
 
     stats: when a dict, filled with what the search cost: `cells_seconds` (clustering),
     `search_seconds` (products and merges; `own_seconds` of it the reordering and pass 1),
