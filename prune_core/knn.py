@@ -497,9 +497,8 @@ def _blocked_heaps(z, k, cell_size, nprobe, seed, inplace, progress=None, cancel
         below the floor of every heap on both sides after pass 1. Deciding once, from the
         floors pass 1 leaves (the same whatever the threads), keeps every block's columns,
         hence every product's rounding, independent of timing."""
-        counts = np.diff(offsets)
         floor = np.full(nlist, np.inf)
-        filled = counts > 0
+        filled = np.diff(offsets) > 0
         floor[filled] = np.minimum.reduceat(hs[:, 0], offsets[:-1][filled])
         owner = np.repeat(np.arange(nlist), np.diff(pptr))
         keep = ~(bounds + _BOUND_MARGIN < np.minimum(floor[owner], floor[partners]))
@@ -507,7 +506,7 @@ def _blocked_heaps(z, k, cell_size, nprobe, seed, inplace, progress=None, cancel
         np.cumsum(np.bincount(owner[keep], minlength=nlist), out=kept_ptr[1:])
         return kept_ptr, partners[keep]
 
-    kept = (pptr, partners)
+    kept_ptr, kept = pptr, partners  # pass 2's partner cells (fewer after pass 1, bound)
     tasks = pass2_tasks(pptr, partners)  # before the bound: for the progress shares
 
     def own_cells(cells):
@@ -519,7 +518,7 @@ def _blocked_heaps(z, k, cell_size, nprobe, seed, inplace, progress=None, cancel
         r0, r1, kind, lo, hi_, c = task
         if kind == "range":
             return r0, np.arange(lo, hi_), zs[r0:r1] @ zs[lo:hi_].T, c
-        others = kept[1][kept[0][c] : kept[0][c + 1]]
+        others = kept[kept_ptr[c] : kept_ptr[c + 1]]
         cols = np.concatenate([np.arange(offsets[b], offsets[b + 1]) for b in others])[lo:hi_]
         return r0, cols, zs[r0:r1] @ zs[cols].T, c
 
@@ -611,8 +610,8 @@ def _blocked_heaps(z, k, cell_size, nprobe, seed, inplace, progress=None, cancel
         own_done = time.perf_counter()
         planned = pairs - own_pairs
         if bounds is not None:
-            kept = kept_partners()
-            tasks = pass2_tasks(*kept)
+            kept_ptr, kept = kept_partners()
+            tasks = pass2_tasks(kept_ptr, kept)
             report = max(1, len(tasks) // 50)
         skipped = planned - sum((t[1] - t[0]) * (t[4] - t[3]) for t in tasks)
         threads = [threading.Thread(target=produce, args=(w, workers), name=f"blocked-knn-{w}",
